@@ -1,0 +1,107 @@
+// common.cuh -- helpers shared by every kernel file in cuda/.
+//
+// Numeric limits and accumulate types per dtype, index arithmetic, and warp/block
+// reductions. One template serves float, double and __half; nothing here is copied
+// per dtype or per layout. Included by each .cu; compiled by NVRTC on the GPU path and
+// by the host C++ compiler (with gpulayers/simulator/cuda_sim.h) on the simulator path.
+#pragma once
+#include <cuda_fp16.h>
+
+namespace gl {
+
+typedef long long index_t;  // 64-bit element indices: tensors may exceed 2^31 elements
+
+// Accumulate type: float for float and __half, double for double.
+template <typename T> struct Acc { typedef float type; };
+template <> struct Acc<double> { typedef double type; };
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+
+template <typename T> __device__ __forceinline__ T from_acc(float v);
+template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <typename T> __device__ __forceinline__ T from_acc(double v);
+template <> __device__ __forceinline__ double from_acc<double>(double v) { return v; }
+
+__device__ __forceinline__ bool is_nan(float v) { return v != v; }
+__device__ __forceinline__ bool is_nan(double v) { return v != v; }
+
+__device__ __forceinline__ index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
+
+// Index of the first thread of this launch in a 1-D grid-stride loop, and the stride.
+__device__ __forceinline__ index_t global_thread_index() {
+    return (index_t)blockIdx.x * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ index_t grid_stride() { return (index_t)blockDim.x * gridDim.x; }
+
+// "Is a greater than b" for max pooling: NaN counts as the maximum, and on ties the
+// earlier element (b, seen first) stays, so the first maximum in row-major order wins.
+template <typename A> __device__ __forceinline__ bool max_replaces(A a, A b) {
+    return (a > b) || (is_nan(a) && !is_nan(b));
+}
+
+// A (value, index) pair for arg-max reductions. Combining keeps the first maximum
+// (smallest index among equal values), NaN counting as the maximum.
+template <typename A> struct ArgMax {
+    A value;
+    index_t index;  // -1: empty
+};
+template <typename A>
+__device__ __forceinline__ ArgMax<A> argmax_combine(ArgMax<A> a, ArgMax<A> b) {
+    if (a.index < 0) return b;
+    if (b.index < 0) return a;
+    if (max_replaces(b.value, a.value)) return b;
+    if (max_replaces(a.value, b.value)) return a;
+    return (b.index < a.index) ? b : a;  // equal values, or both NaN
+}
+
+struct SumOp {
+    template <typename A> __device__ __forceinline__ A operator()(A a, A b) const { return a + b; }
+};
+struct ArgMaxOp {
+    template <typename A>
+    __device__ __forceinline__ ArgMax<A> operator()(ArgMax<A> a, ArgMax<A> b) const {
+        return argmax_combine(a, b);
+    }
+};
+
+template <typename A>
+__device__ __forceinline__ A shfl_down(A v, int delta) { return __shfl_down_sync(0xffffffffu, v, delta); }
+template <typename A>
+__device__ __forceinline__ ArgMax<A> shfl_down(ArgMax<A> v, int delta) {
+    ArgMax<A> r;
+    r.value = __shfl_down_sync(0xffffffffu, v.value, delta);
+    r.index = __shfl_down_sync(0xffffffffu, v.index, delta);
+    return r;
+}
+
+// Tree reduction over the 32 lanes of a warp; lane 0 ends with the result.
+template <typename V, typename Op>
+__device__ __forceinline__ V warp_reduce(V v, Op op) {
+    for (int delta = 16; delta > 0; delta >>= 1) v = op(v, shfl_down(v, delta));
+    return v;
+}
+
+// Reduction over a whole block (blockDim.x a multiple of 32, at most 1024): every
+// thread passes its value; every thread receives the block's result. `scratch` is
+// shared memory for 32 values.
+template <typename V, typename Op>
+__device__ __forceinline__ V block_reduce(V v, Op op, V* scratch, V identity) {
+    const int lane = threadIdx.x & 31;   // lane in [0, 32)
+    const int warp = threadIdx.x >> 5;   // warp in [0, blockDim.x / 32)
+    v = warp_reduce(v, op);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    const int num_warps = blockDim.x >> 5;
+    v = (threadIdx.x < num_warps) ? scratch[threadIdx.x] : identity;
+    if (warp == 0) v = warp_reduce(v, op);
+    if (threadIdx.x == 0) scratch[0] = v;
+    __syncthreads();
+    v = scratch[0];
+    __syncthreads();  // scratch may be reused by the caller after this
+    return v;
+}
+
+}  // namespace gl

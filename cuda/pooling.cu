@@ -1,0 +1,315 @@
+// pooling.cu -- max and average pooling (1-D, 2-D and 3-D) and global pooling.
+//
+// Must match the NumPy reference in gpulayers/layers/pooling.py (max_pool_forward,
+// max_pool_backward, avg_pool_forward, avg_pool_backward, global_pool_forward,
+// global_pool_backward).
+//
+// Every input is viewed as 5-D with three spatial axes (1-D and 2-D pooling use size-1
+// leading spatial axes): channels_last (CL = true) is (N, D, H, W, C), channels_first
+// (CL = false) is (N, C, D, H, W). Consecutive threads take consecutive elements of the
+// tensor they write, so for CL the channel index is fastest and for channels_first the
+// W index is fastest: loads and stores are coalesced in both layouts.
+//
+// Windowed pooling: forward is one thread per output element; backward is a gather, one
+// thread per input element that sums the gradient of every window covering it. Each
+// input gradient is written exactly once: deterministic, no atomics, no zero-fill pass.
+// Max pooling records the window offset of the first maximum (row-major, NaN counts as
+// the maximum) in one byte per output when the window has at most 256 cells; otherwise
+// backward recomputes it from x.
+//
+// Global pooling: channels_first reduces each contiguous (n, c) row with one block
+// (block reduction); channels_last gives one thread per (n, c) that walks the spatial
+// positions with stride C (consecutive threads read consecutive channels).
+#include "common.cuh"
+
+using gl::index_t;
+
+struct PoolGeom {
+    int N, C, D, H, W;        // input
+    int OD, OH, OW;           // output
+    int KD, KH, KW;           // window
+    int SD, SH, SW;           // strides
+    int PD, PH, PW;           // padding before
+};
+
+#define POOL_GEOM_PARAMS                                                              \
+    int N, int C, int D, int H, int W, int OD, int OH, int OW, int KD, int KH, int KW, \
+        int SD, int SH, int SW, int PD, int PH, int PW
+#define POOL_GEOM_ARGS {N, C, D, H, W, OD, OH, OW, KD, KH, KW, SD, SH, SW, PD, PH, PW}
+
+// Offset of element (n, c, d, h, w) in a tensor of spatial size (d_, h_, w_).
+template <bool CL>
+__device__ __forceinline__ index_t offset5(int n, int c, int d, int h, int w, int C, int d_,
+                                           int h_, int w_) {
+    return CL ? ((((index_t)n * d_ + d) * h_ + h) * w_ + w) * C + c
+              : ((((index_t)n * C + c) * d_ + d) * h_ + h) * w_ + w;
+}
+
+// Split a linear index of a (N, C, d_, h_, w_) tensor in layout CL into its coordinates.
+template <bool CL>
+__device__ __forceinline__ void split5(index_t i, int C, int d_, int h_, int w_, int& n, int& c,
+                                       int& d, int& h, int& w) {
+    if (CL) {
+        c = (int)(i % C); i /= C;
+        w = (int)(i % w_); i /= w_;
+        h = (int)(i % h_); i /= h_;
+        d = (int)(i % d_); n = (int)(i / d_);
+    } else {
+        w = (int)(i % w_); i /= w_;
+        h = (int)(i % h_); i /= h_;
+        d = (int)(i % d_); i /= d_;
+        c = (int)(i % C); n = (int)(i / C);
+    }
+}
+
+// Window offset (row-major inside the window) of the first maximum of output
+// (n, c, od, oh, ow); the window always holds at least one real cell.
+template <typename T, bool CL>
+__device__ __forceinline__ int window_argmax(const T* __restrict__ x, const PoolGeom& g, int n,
+                                             int c, int od, int oh, int ow,
+                                             typename gl::Acc<T>::type& best) {
+    int best_off = -1;
+    const int d0 = od * g.SD - g.PD, h0 = oh * g.SH - g.PH, w0 = ow * g.SW - g.PW;
+    for (int kd = 0; kd < g.KD; ++kd) {
+        const int d = d0 + kd;
+        if (d < 0 || d >= g.D) continue;
+        for (int kh = 0; kh < g.KH; ++kh) {
+            const int h = h0 + kh;
+            if (h < 0 || h >= g.H) continue;
+            for (int kw = 0; kw < g.KW; ++kw) {
+                const int w = w0 + kw;
+                if (w < 0 || w >= g.W) continue;
+                const typename gl::Acc<T>::type v =
+                    gl::to_acc(x[offset5<CL>(n, c, d, h, w, g.C, g.D, g.H, g.W)]);
+                if (best_off < 0 || gl::max_replaces(v, best)) {
+                    best = v;
+                    best_off = (kd * g.KH + kh) * g.KW + kw;
+                }
+            }
+        }
+    }
+    return best_off;
+}
+
+// Number of real (unpadded) input cells in the window of output (od, oh, ow).
+__device__ __forceinline__ int window_count(const PoolGeom& g, int od, int oh, int ow) {
+    const int d0 = od * g.SD - g.PD, h0 = oh * g.SH - g.PH, w0 = ow * g.SW - g.PW;
+    const int nd = min(d0 + g.KD, g.D) - max(d0, 0);
+    const int nh = min(h0 + g.KH, g.H) - max(h0, 0);
+    const int nw = min(w0 + g.KW, g.W) - max(w0, 0);
+    return nd * nh * nw;
+}
+
+// Range [lo, hi] of outputs along one axis whose window covers input position i.
+__device__ __forceinline__ void covering(int i, int pad, int k, int s, int out, int& lo, int& hi) {
+    const int first = i + pad - k + 1;  // smallest window start that still covers i
+    lo = first <= 0 ? 0 : (first + s - 1) / s;
+    hi = min((i + pad) / s, out - 1);
+}
+
+// y[o] = max of window o; argmax[o] = its window offset when save_argmax != 0.
+// One thread per output element, o in [0, N*C*OD*OH*OW).
+template <typename T, bool CL>
+__global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y,
+                                 unsigned char* __restrict__ argmax, int save_argmax,
+                                 POOL_GEOM_PARAMS) {
+    const PoolGeom g = POOL_GEOM_ARGS;
+    const index_t total = (index_t)g.N * g.C * g.OD * g.OH * g.OW;
+    for (index_t o = gl::global_thread_index(); o < total; o += gl::grid_stride()) {
+        int n, c, od, oh, ow;
+        split5<CL>(o, g.C, g.OD, g.OH, g.OW, n, c, od, oh, ow);
+        typename gl::Acc<T>::type best = 0;
+        const int off = window_argmax<T, CL>(x, g, n, c, od, oh, ow, best);
+        y[o] = gl::from_acc<T>(best);
+        if (save_argmax) argmax[o] = (unsigned char)off;
+    }
+}
+
+// dx[i] = sum of dy[o] over the windows o whose first maximum is input i.
+// One thread per input element, i in [0, N*C*D*H*W). With save_argmax == 0 the window
+// offsets are recomputed from x (windows of more than 256 cells).
+template <typename T, bool CL>
+__global__ void max_pool_backward(const T* __restrict__ x, const unsigned char* __restrict__ argmax,
+                                  int save_argmax, const T* __restrict__ dy, T* __restrict__ dx,
+                                  POOL_GEOM_PARAMS) {
+    const PoolGeom g = POOL_GEOM_ARGS;
+    const index_t total = (index_t)g.N * g.C * g.D * g.H * g.W;
+    for (index_t i = gl::global_thread_index(); i < total; i += gl::grid_stride()) {
+        int n, c, d, h, w;
+        split5<CL>(i, g.C, g.D, g.H, g.W, n, c, d, h, w);
+        int dlo, dhi, hlo, hhi, wlo, whi;
+        covering(d, g.PD, g.KD, g.SD, g.OD, dlo, dhi);
+        covering(h, g.PH, g.KH, g.SH, g.OH, hlo, hhi);
+        covering(w, g.PW, g.KW, g.SW, g.OW, wlo, whi);
+        typename gl::Acc<T>::type acc = 0;
+        for (int od = dlo; od <= dhi; ++od) {
+            for (int oh = hlo; oh <= hhi; ++oh) {
+                for (int ow = wlo; ow <= whi; ++ow) {
+                    const int mine = ((d - (od * g.SD - g.PD)) * g.KH + (h - (oh * g.SH - g.PH))) * g.KW +
+                                     (w - (ow * g.SW - g.PW));
+                    const index_t o = offset5<CL>(n, c, od, oh, ow, g.C, g.OD, g.OH, g.OW);
+                    int winner;
+                    if (save_argmax) {
+                        winner = argmax[o];
+                    } else {
+                        typename gl::Acc<T>::type best = 0;
+                        winner = window_argmax<T, CL>(x, g, n, c, od, oh, ow, best);
+                    }
+                    if (winner == mine) acc += gl::to_acc(dy[o]);
+                }
+            }
+        }
+        dx[i] = gl::from_acc<T>(acc);
+    }
+}
+
+// y[o] = mean of the real cells of window o. One thread per output element.
+template <typename T, bool CL>
+__global__ void avg_pool_forward(const T* __restrict__ x, T* __restrict__ y, POOL_GEOM_PARAMS) {
+    const PoolGeom g = POOL_GEOM_ARGS;
+    const index_t total = (index_t)g.N * g.C * g.OD * g.OH * g.OW;
+    for (index_t o = gl::global_thread_index(); o < total; o += gl::grid_stride()) {
+        int n, c, od, oh, ow;
+        split5<CL>(o, g.C, g.OD, g.OH, g.OW, n, c, od, oh, ow);
+        const int d0 = od * g.SD - g.PD, h0 = oh * g.SH - g.PH, w0 = ow * g.SW - g.PW;
+        typename gl::Acc<T>::type acc = 0;
+        for (int d = max(d0, 0); d < min(d0 + g.KD, g.D); ++d)
+            for (int h = max(h0, 0); h < min(h0 + g.KH, g.H); ++h)
+                for (int w = max(w0, 0); w < min(w0 + g.KW, g.W); ++w)
+                    acc += gl::to_acc(x[offset5<CL>(n, c, d, h, w, g.C, g.D, g.H, g.W)]);
+        y[o] = gl::from_acc<T>(acc / window_count(g, od, oh, ow));
+    }
+}
+
+// dx[i] = sum over windows o covering i of dy[o] / count(o). One thread per input element.
+template <typename T, bool CL>
+__global__ void avg_pool_backward(const T* __restrict__ dy, T* __restrict__ dx, POOL_GEOM_PARAMS) {
+    const PoolGeom g = POOL_GEOM_ARGS;
+    const index_t total = (index_t)g.N * g.C * g.D * g.H * g.W;
+    for (index_t i = gl::global_thread_index(); i < total; i += gl::grid_stride()) {
+        int n, c, d, h, w;
+        split5<CL>(i, g.C, g.D, g.H, g.W, n, c, d, h, w);
+        int dlo, dhi, hlo, hhi, wlo, whi;
+        covering(d, g.PD, g.KD, g.SD, g.OD, dlo, dhi);
+        covering(h, g.PH, g.KH, g.SH, g.OH, hlo, hhi);
+        covering(w, g.PW, g.KW, g.SW, g.OW, wlo, whi);
+        typename gl::Acc<T>::type acc = 0;
+        for (int od = dlo; od <= dhi; ++od)
+            for (int oh = hlo; oh <= hhi; ++oh)
+                for (int ow = wlo; ow <= whi; ++ow)
+                    acc += gl::to_acc(dy[offset5<CL>(n, c, od, oh, ow, g.C, g.OD, g.OH, g.OW)]) /
+                           window_count(g, od, oh, ow);
+        dx[i] = gl::from_acc<T>(acc);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Global pooling over L spatial positions. Rows are (n, c) pairs, rows in [0, N*C).
+
+// channels_first forward: one block per row (blockIdx.x = row, grid-stride over rows);
+// the block's threads read the contiguous row with stride blockDim.x and reduce.
+// blockDim.x must be a multiple of 32.
+template <typename T, bool IS_MAX>
+__global__ void global_pool_forward_rows(const T* __restrict__ x, T* __restrict__ y,
+                                         index_t rows, index_t L) {
+    typedef typename gl::Acc<T>::type A;
+    __shared__ A sum_scratch[32];
+    __shared__ gl::ArgMax<A> max_scratch[32];
+    for (index_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T* row = x + r * L;
+        if (IS_MAX) {
+            gl::ArgMax<A> m = {0, -1};
+            for (index_t j = threadIdx.x; j < L; j += blockDim.x) {
+                gl::ArgMax<A> v = {gl::to_acc(row[j]), j};
+                m = gl::argmax_combine(m, v);
+            }
+            const gl::ArgMax<A> none = {0, -1};
+            m = gl::block_reduce(m, gl::ArgMaxOp(), max_scratch, none);
+            if (threadIdx.x == 0) y[r] = gl::from_acc<T>(m.value);
+        } else {
+            A s = 0;
+            for (index_t j = threadIdx.x; j < L; j += blockDim.x) s += gl::to_acc(row[j]);
+            s = gl::block_reduce(s, gl::SumOp(), sum_scratch, A(0));
+            if (threadIdx.x == 0) y[r] = gl::from_acc<T>(s / (A)L);
+        }
+    }
+}
+
+// channels_first max backward: one block per row recomputes the row's first maximum,
+// then writes the whole row of dx (dy at the maximum, zero elsewhere).
+template <typename T>
+__global__ void global_max_backward_rows(const T* __restrict__ x, const T* __restrict__ dy,
+                                         T* __restrict__ dx, index_t rows, index_t L) {
+    typedef typename gl::Acc<T>::type A;
+    __shared__ gl::ArgMax<A> max_scratch[32];
+    for (index_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T* row = x + r * L;
+        gl::ArgMax<A> m = {0, -1};
+        for (index_t j = threadIdx.x; j < L; j += blockDim.x) {
+            gl::ArgMax<A> v = {gl::to_acc(row[j]), j};
+            m = gl::argmax_combine(m, v);
+        }
+        const gl::ArgMax<A> none = {0, -1};
+        m = gl::block_reduce(m, gl::ArgMaxOp(), max_scratch, none);
+        const T g = dy[r];
+        const T zero = gl::from_acc<T>(A(0));
+        for (index_t j = threadIdx.x; j < L; j += blockDim.x) dx[r * L + j] = (j == m.index) ? g : zero;
+    }
+}
+
+// channels_last forward: one thread per (n, c); x is (N, L, C).
+template <typename T, bool IS_MAX>
+__global__ void global_pool_forward_cols(const T* __restrict__ x, T* __restrict__ y, int N, int C,
+                                         index_t L) {
+    typedef typename gl::Acc<T>::type A;
+    const index_t total = (index_t)N * C;
+    for (index_t r = gl::global_thread_index(); r < total; r += gl::grid_stride()) {
+        const index_t n = r / C, c = r % C;
+        const T* base = x + n * L * C + c;
+        A acc = gl::to_acc(base[0]);
+        for (index_t j = 1; j < L; ++j) {
+            const A v = gl::to_acc(base[j * C]);
+            if (IS_MAX) {
+                if (gl::max_replaces(v, acc)) acc = v;
+            } else {
+                acc += v;
+            }
+        }
+        y[r] = gl::from_acc<T>(IS_MAX ? acc : acc / (A)L);
+    }
+}
+
+// channels_last max backward: one thread per (n, c) finds the first maximum along L,
+// then writes dx for its column.
+template <typename T>
+__global__ void global_max_backward_cols(const T* __restrict__ x, const T* __restrict__ dy,
+                                         T* __restrict__ dx, int N, int C, index_t L) {
+    typedef typename gl::Acc<T>::type A;
+    const index_t total = (index_t)N * C;
+    for (index_t r = gl::global_thread_index(); r < total; r += gl::grid_stride()) {
+        const index_t n = r / C, c = r % C;
+        const index_t base = n * L * C + c;
+        A best = gl::to_acc(x[base]);
+        index_t best_j = 0;
+        for (index_t j = 1; j < L; ++j) {
+            const A v = gl::to_acc(x[base + j * C]);
+            if (gl::max_replaces(v, best)) { best = v; best_j = j; }
+        }
+        const T g = dy[r];
+        const T zero = gl::from_acc<T>(A(0));
+        for (index_t j = 0; j < L; ++j) dx[base + j * C] = (j == best_j) ? g : zero;
+    }
+}
+
+// Global average backward, both layouts: dx[i] = dy[row(i)] / L. One thread per input
+// element; row(i) = i / L for channels_first, (i / (L*C)) * C + i % C for channels_last.
+template <typename T, bool CL>
+__global__ void global_avg_backward(const T* __restrict__ dy, T* __restrict__ dx, int N, int C,
+                                    index_t L) {
+    typedef typename gl::Acc<T>::type A;
+    const index_t total = (index_t)N * C * L;
+    for (index_t i = gl::global_thread_index(); i < total; i += gl::grid_stride()) {
+        const index_t r = CL ? (i / (L * C)) * C + i % C : i / L;
+        dx[i] = gl::from_acc<T>(gl::to_acc(dy[r]) / (A)L);
+    }
+}

@@ -1,0 +1,258 @@
+"""The one place that imports CuPy, reads ``cuda/``, compiles, caches and launches kernels.
+
+Two launchers run the same ``.cu`` sources: CuPy's ``RawModule`` on a GPU, and the
+project's CPU kernel simulator (:mod:`gpulayers.simulator`) inside ``with simulate():``.
+Layer code calls :func:`kernel_path` to learn which array module to use and whether to
+take the kernel path, and :func:`launch` to run a kernel; it never branches on which
+launcher runs it.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+
+try:  # CuPy is optional: without it the NumPy path (and the simulator) still work.
+    import cupy as _cupy
+except Exception:  # pragma: no cover - depends on the machine
+    _cupy = None
+
+try:  # NVTX ranges are optional too (the `nvtx` package may be missing).
+    import nvtx as _nvtx
+except Exception:  # pragma: no cover - depends on the machine
+    _nvtx = None
+
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
+CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double", np.dtype(np.float16): "__half"}
+NVRTC_OPTIONS = ("-std=c++17",)
+
+_KERNELS: dict[str, tuple[str, ...]] = {}  # source file -> name-expression templates ({T} = dtype)
+_modules: dict[tuple, object] = {}  # (source, source hash, dtype, device) -> compiled module
+_lock = threading.Lock()
+_state = threading.local()
+
+
+def cuda_dir() -> Path:
+    """Folder of the .cu/.cuh sources: inside the installed package, else the checkout's cuda/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "cuda", here.parent / "cuda"):
+        if (candidate / "common.cuh").is_file():
+            return candidate
+    raise FileNotFoundError("gpulayers: the cuda/ kernel sources were not found next to the package")
+
+
+def declare(source: str, templates) -> None:
+    """Register the kernels of ``cuda/<source>`` as name-expression templates with ``{T}``."""
+    _KERNELS[source] = tuple(templates)
+
+
+def declared() -> dict[str, tuple[str, ...]]:
+    """Every kernel family: source file -> name-expression templates."""
+    return dict(_KERNELS)
+
+
+def name_expressions(source: str, dtype) -> list[str]:
+    ctype = CTYPES[np.dtype(dtype)]
+    return [t.format(T=ctype) for t in _KERNELS[source]]
+
+
+@functools.lru_cache(maxsize=None)
+def _read_source(source: str) -> tuple[str, str]:
+    """(text with a #line directive, hash of the file and every header in cuda/)."""
+    folder = cuda_dir()
+    text = (folder / source).read_text()
+    digest = hashlib.sha256(text.encode())
+    for header in sorted(folder.glob("*.cuh")):
+        digest.update(header.name.encode() + header.read_bytes())
+    return f'#line 1 "cuda/{source}"\n' + text, digest.hexdigest()[:16]
+
+
+def source_hash(source: str) -> str:
+    return _read_source(source)[1]
+
+
+# ----------------------------------------------------------------------------- devices
+
+def cupy_module():
+    """The cupy module, or None when CuPy is not installed."""
+    return _cupy
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_count() -> int:
+    if _cupy is None:
+        return 0
+    try:
+        return int(_cupy.cuda.runtime.getDeviceCount())
+    except Exception:
+        return 0
+
+
+def gpu_available() -> bool:
+    return gpu_count() > 0
+
+
+def is_gpu_array(x) -> bool:
+    return _cupy is not None and isinstance(x, _cupy.ndarray)
+
+
+def simulating() -> bool:
+    return getattr(_state, "simulate", False)
+
+
+@contextlib.contextmanager
+def simulate():
+    """Inside this block NumPy inputs take the kernel path, run by the CPU kernel simulator."""
+    previous = simulating()
+    _state.simulate = True
+    try:
+        yield
+    finally:
+        _state.simulate = previous
+
+
+def kernel_path(x):
+    """(array module, True if the kernels run) for an input array."""
+    if is_gpu_array(x):
+        return _cupy, True
+    return np, simulating()
+
+
+def array_module(x):
+    return _cupy if is_gpu_array(x) else np
+
+
+# ----------------------------------------------------------------------------- compiling
+
+def nvrtc_include_dirs() -> list[str]:
+    """Folders that hold cuda_fp16.h: CUDA_PATH, /usr/local/cuda, or the nvidia pip wheels."""
+    dirs = []
+    for root in (os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if root and (Path(root) / "include" / "cuda_fp16.h").is_file():
+            dirs.append(str(Path(root) / "include"))
+    try:
+        import nvidia  # namespace package of the CUDA wheels
+
+        for base in nvidia.__path__:
+            for header in sorted(Path(base).glob("*/include/cuda_fp16.h")):
+                dirs.append(str(header.parent))
+    except Exception:
+        pass
+    return list(dict.fromkeys(dirs))
+
+
+def _compile_options() -> tuple[str, ...]:
+    includes = [f"-I{cuda_dir()}"] + [f"-I{d}" for d in nvrtc_include_dirs()[:1]]
+    return NVRTC_OPTIONS + tuple(includes)
+
+
+def nvrtc_compile(source: str, dtype, arch: str = "sm_90", extra_options=()) -> dict:
+    """Compile every kernel of ``source`` for ``dtype`` with NVRTC (no GPU needed).
+
+    Returns {"cubin": bytes, "log": str, "lowered": {name expression: mangled name}}.
+    Raises RuntimeError with NVRTC's log when compilation fails.
+    """
+    if _cupy is None:
+        raise RuntimeError("gpulayers: NVRTC compilation needs CuPy (pip install gpulayers[cuda13])")
+    from cupy.cuda import nvrtc
+
+    text, _ = _read_source(source)
+    names = name_expressions(source, dtype)
+    prog = nvrtc.createProgram(text, source, [], [])
+    try:
+        for name in names:
+            nvrtc.addNameExpression(prog, name)
+        options = list(_compile_options()) + [f"--gpu-architecture={arch}"] + list(extra_options)
+        try:
+            nvrtc.compileProgram(prog, options)
+        except nvrtc.NVRTCError as e:
+            raise RuntimeError(f"NVRTC failed on cuda/{source} ({dtype}, {arch}):\n"
+                               f"{nvrtc.getProgramLog(prog)}") from e
+        return {
+            "cubin": nvrtc.getCUBIN(prog) if arch.startswith("sm_") else nvrtc.getPTX(prog),
+            "log": nvrtc.getProgramLog(prog),
+            "lowered": {n: nvrtc.getLoweredName(prog, n) for n in names},
+        }
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def _module(source: str, dtype, simulated: bool):
+    text, digest = _read_source(source)
+    device = "sim" if simulated else _cupy.cuda.runtime.getDevice()
+    key = (source, digest, np.dtype(dtype).str, device)
+    module = _modules.get(key)
+    if module is None:
+        with _lock:
+            module = _modules.get(key)
+            if module is None:
+                names = name_expressions(source, dtype)
+                if simulated:
+                    from . import simulator
+
+                    module = simulator.load(source, names)
+                else:
+                    module = _cupy.RawModule(code=text, options=_compile_options(),
+                                             name_expressions=names)
+                _modules[key] = module
+    return module
+
+
+# ----------------------------------------------------------------------------- launching
+
+_SCALARS = (np.int32, np.int64, np.uint32, np.uint64, np.float32, np.float64)
+
+
+def launch(source: str, template: str, dtype, grid, block, args, shared_mem: int = 0) -> None:
+    """Run kernel ``template`` (with {T} = dtype's C type) from ``cuda/<source>``.
+
+    ``args``: arrays of the current array module and NumPy scalars of the exact C type
+    (np.int32 for int, np.int64 for long long, ...). Runs on the GPU when the arrays are
+    CuPy arrays, else on the simulator.
+    """
+    for a in args:
+        if not (isinstance(a, _SCALARS) or hasattr(a, "__array_interface__")
+                or hasattr(a, "__cuda_array_interface__")):
+            raise TypeError(f"gpulayers internal: kernel argument {a!r} of {template} must be an "
+                            f"array or a NumPy scalar of an exact C type")
+    on_gpu = any(is_gpu_array(a) for a in args)
+    name = template.format(T=CTYPES[np.dtype(dtype)])
+    grid = tuple(int(g) for g in (grid if isinstance(grid, tuple) else (grid,)))
+    block = tuple(int(b) for b in (block if isinstance(block, tuple) else (block,)))
+    module = _module(source, dtype, simulated=not on_gpu)
+    if on_gpu:
+        module.get_function(name)(grid, block, tuple(args), shared_mem=shared_mem)
+    else:
+        module.launch(name, grid, block, args, shared_mem)
+
+
+def nvtx_range(name: str):
+    """An NVTX range (shown on Nsight timelines) when the nvtx package is present."""
+    if _nvtx is None:
+        return contextlib.nullcontext()
+    return _nvtx.annotate(name, domain="gpulayers")
+
+
+def cache_folder() -> Path:
+    """Where the simulator keeps compiled kernel libraries (CuPy keeps its own cache)."""
+    root = os.environ.get("GPULAYERS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gpulayers")
+    return Path(root)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def grid_1d(total: int, block: int = 256) -> int:
+    """Blocks for a grid-stride loop over ``total`` items (at most 2^31 - 1 blocks)."""
+    return max(1, min(ceil_div(total, block), 2**31 - 1))
+
+
+TEMPLATE_ARG = re.compile(r"\{T\}")

@@ -1,0 +1,144 @@
+"""The layer protocol of DESIGN.md: lazy build, params/grads/state, backward bookkeeping."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels, validation
+
+
+class Layer:
+    """Base of every gpulayers layer.
+
+    Subclasses implement ``build(input_shape, xp, dtype)`` (create weights, optional),
+    ``forward(x, training, **kw)`` returning the output and keeping what backward needs in
+    ``self._saved``, and ``backward_impl(dy)`` returning dx (and filling ``self.grads``).
+    ``weight_names`` lists params and state in Keras's ``get_weights()`` order.
+    """
+
+    weight_names: tuple[str, ...] = ()
+
+    def __init__(self, name=None, dtype=None, trainable=True, seed=None, **kwargs):
+        layer = type(self).__name__
+        if kwargs:
+            raise TypeError(f"{layer}: unknown argument(s) {', '.join(sorted(kwargs))}. "
+                            f"Received: {kwargs!r}")
+        if dtype is not None and np.dtype(dtype) not in validation.FLOAT_DTYPES:
+            raise TypeError(f"{layer}: `dtype` must be float16, float32 or float64. Received: dtype={dtype!r}")
+        self.name = name or layer.lower()
+        self.dtype = np.dtype(dtype) if dtype is not None else None
+        self.trainable = trainable
+        self.seed = seed
+        self.params: dict = {}
+        self.grads: dict = {}
+        self.state: dict = {}
+        self.built = False
+        self._saved = None
+        self._output_meta = None  # (shape, dtype) of the last output, for checking dy
+
+    # -- protocol ---------------------------------------------------------------
+    def __call__(self, x, training=False, **kwargs):
+        layer = type(self).__name__
+        xp_types = (np.ndarray,) if kernels.cupy_module() is None else (np.ndarray, kernels.cupy_module().ndarray)
+        validation.float_array(layer, "inputs", x, xp_types)
+        self._check_device(x)
+        if not self.built:
+            self.build(tuple(x.shape), kernels.array_module(x), x.dtype)
+            self.built = True
+        self._saved = None
+        with kernels.nvtx_range(f"{layer}.forward"):
+            y = self.forward(x, training=training, **kwargs)
+        self._output_meta = (tuple(y.shape), y.dtype)
+        return y
+
+    def backward(self, dy):
+        """Gradient of the loss w.r.t. the input of the most recent call; fills ``grads``."""
+        layer = type(self).__name__
+        if self._saved is None:
+            raise ValueError(f"{layer}: backward() needs a forward call first. Received: backward "
+                             f"before any call of the layer")
+        shape, dtype = self._output_meta
+        xp_types = (np.ndarray,) if kernels.cupy_module() is None else (np.ndarray, kernels.cupy_module().ndarray)
+        validation.float_array(layer, "dy", dy, xp_types)
+        validation.same_shape(layer, "dy", dy, shape, dtype)
+        if kernels.array_module(dy) is not kernels.array_module(self._saved_input_array()):
+            raise ValueError(f"{layer}: `dy` must be on the same device as the forward input. "
+                             f"Received: dy of type {type(dy).__name__}")
+        with kernels.nvtx_range(f"{layer}.backward"):
+            return self.backward_impl(dy)
+
+    # -- hooks ------------------------------------------------------------------
+    def build(self, input_shape, xp, dtype):
+        pass
+
+    def forward(self, x, training=False, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward_impl(self, dy):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _saved_input_array(self):
+        """An array from the last forward call (to check dy's device)."""
+        saved = self._saved
+        while isinstance(saved, (tuple, list)):
+            saved = saved[0]
+        return saved
+
+    # -- weights ----------------------------------------------------------------
+    def _weights(self) -> dict:
+        return {**self.params, **self.state}
+
+    def get_weights(self) -> list:
+        """Params and state as NumPy arrays, in Keras's order."""
+        w = self._weights()
+        cp = kernels.cupy_module()
+        return [cp.asnumpy(w[k]) if kernels.is_gpu_array(w[k]) else np.array(w[k]) for k in self.weight_names]
+
+    def set_weights(self, weights) -> None:
+        layer = type(self).__name__
+        if not self.built:
+            raise ValueError(f"{layer}: set_weights() needs the layer built (call it once first). "
+                             f"Received: {len(weights)} arrays for an unbuilt layer")
+        if len(weights) != len(self.weight_names):
+            raise ValueError(f"{layer}: set_weights() expects {len(self.weight_names)} arrays "
+                             f"({', '.join(self.weight_names)}). Received: {len(weights)} arrays")
+        w = self._weights()
+        for k, new in zip(self.weight_names, weights):
+            if tuple(np.shape(new)) != tuple(w[k].shape):
+                raise ValueError(f"{layer}: weight `{k}` must have shape {tuple(w[k].shape)}. "
+                                 f"Received: shape {tuple(np.shape(new))}")
+            xp = kernels.array_module(w[k])
+            target = self.params if k in self.params else self.state
+            target[k] = xp.asarray(new, dtype=w[k].dtype).copy()
+
+    def to(self, device: str):
+        """Move weights to "gpu" or "cpu"; returns the layer."""
+        layer = type(self).__name__
+        if device not in ("cpu", "gpu"):
+            raise ValueError(f"{layer}: `device` must be 'cpu' or 'gpu'. Received: device={device!r}")
+        cp = kernels.cupy_module()
+        if device == "gpu":
+            if not kernels.gpu_available():
+                raise ValueError(f"{layer}: no GPU is available (CuPy missing or no device). "
+                                 f"Received: device='gpu'")
+            move = cp.asarray
+        else:
+            move = (lambda a: cp.asnumpy(a) if kernels.is_gpu_array(a) else a)
+        for d in (self.params, self.state, self.grads):
+            for k in d:
+                d[k] = move(d[k])
+        self._saved = None
+        return self
+
+    def _check_device(self, x) -> None:
+        w = self._weights()
+        if not w:
+            return
+        some = next(iter(w.values()))
+        if kernels.is_gpu_array(some) != kernels.is_gpu_array(x):
+            raise ValueError(f"{type(self).__name__}: the input is on the "
+                             f"{'GPU' if kernels.is_gpu_array(x) else 'CPU'} but the weights are on the "
+                             f"{'GPU' if kernels.is_gpu_array(some) else 'CPU'}; call layer.to(...) first. "
+                             f"Received: inputs of type {type(x).__name__}")
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name!r} built={self.built}>"

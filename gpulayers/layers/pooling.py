@@ -1,0 +1,467 @@
+"""Pooling: MaxPooling/AveragePooling 1D/2D/3D and GlobalMax/GlobalAverage pooling 1D/2D/3D.
+
+Three parts, as everywhere in gpulayers:
+- the NumPy reference (``max_pool_forward`` ... ``global_pool_backward``): the
+  specification, vectorised, callable on its own;
+- the kernel path (``*_kernel``), running ``cuda/pooling.cu`` on the GPU or the simulator;
+- the Keras 3 layer classes, which pick one of the two by the input's array module.
+
+Output size (Keras/TF): ``padding="valid"``: out = floor((in - pool) / stride) + 1;
+``padding="same"``: out = ceil(in / stride), pad_total = max((out - 1) * stride + pool - in, 0),
+pad_before = pad_total // 2. Max pooling pads with -inf; average pooling divides by the
+number of real cells in each window.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .. import kernels, validation
+from .base import Layer
+
+SOURCE = "pooling.cu"
+BLOCK = 256
+MAX_SAVED_WINDOW = 256  # windows up to this many cells keep a one-byte argmax for backward
+
+kernels.declare(SOURCE, [
+    f"{name}<{{T}}, {cl}>"
+    for name in ("max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward",
+                 "global_pool_forward_rows", "global_pool_forward_cols", "global_avg_backward")
+    for cl in ("true", "false")
+] + ["global_max_backward_rows<{T}>", "global_max_backward_cols<{T}>"])
+
+
+# ----------------------------------------------------------------------------- geometry
+
+def pool_geometry(in_sizes, pool_size, strides, padding):
+    """(output sizes, padding before each axis) per spatial axis, Keras's formulas."""
+    out, pad_before = [], []
+    for n, k, s in zip(in_sizes, pool_size, strides):
+        if padding == "valid":
+            o = (n - k) // s + 1 if n >= k else 0
+            out.append(o)
+            pad_before.append(0)
+        else:
+            o = -(-n // s)
+            out.append(o)
+            pad_before.append(max((o - 1) * s + k - n, 0) // 2)
+    return tuple(out), tuple(pad_before)
+
+
+def _acc_dtype(dtype):
+    """Accumulate type: float32 for float16 and float32, float64 for float64."""
+    return np.float64 if dtype == np.float64 else np.float32
+
+
+def _to_channels_last(x, data_format):
+    return np.moveaxis(x, 1, -1) if data_format == "channels_first" else x
+
+
+def _from_channels_last(x, data_format):
+    return np.moveaxis(x, -1, 1) if data_format == "channels_first" else x
+
+
+def _padded_windows(xcl, pool_size, strides, out, pad_before, fill):
+    """Windows (N, *out, C, prod(pool)) of channels-last xcl padded with ``fill``."""
+    k = len(pool_size)
+    pad_after = [max((o - 1) * s + p - n - b, 0)
+                 for o, s, p, n, b in zip(out, strides, pool_size, xcl.shape[1:-1], pad_before)]
+    padded = np.pad(xcl, [(0, 0)] + list(zip(pad_before, pad_after)) + [(0, 0)], constant_values=fill)
+    win = sliding_window_view(padded, pool_size, axis=tuple(range(1, k + 1)))
+    win = win[(slice(None),) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out, strides))]
+    return win.reshape(win.shape[: k + 2] + (-1,))
+
+
+def _scatter_windows(values_per_offset, in_shape_cl, pool_size, strides, out, pad_before, dtype):
+    """Sum, into a channels-last array of in_shape_cl, values_per_offset(j) placed at window cell j."""
+    k = len(pool_size)
+    padded_sizes = [max((o - 1) * s + p, n + b) for o, s, p, n, b in
+                    zip(out, strides, pool_size, in_shape_cl[1:-1], pad_before)]
+    grad = np.zeros((in_shape_cl[0], *padded_sizes, in_shape_cl[-1]), dtype)
+    for j, cell in enumerate(np.ndindex(*pool_size)):  # loop over window cells, not outputs
+        sl = tuple(slice(c, c + (o - 1) * s + 1, s) for c, o, s in zip(cell, out, strides))
+        grad[(slice(None),) + sl] += values_per_offset(j)
+    crop = tuple(slice(b, b + n) for b, n in zip(pad_before, in_shape_cl[1:-1]))
+    return grad[(slice(None),) + crop]
+
+
+def _check_geometry(layer, x_shape, pool_size, strides, padding, data_format):
+    spatial = x_shape[2:] if data_format == "channels_first" else x_shape[1:-1]
+    out, pads = pool_geometry(spatial, pool_size, strides, padding)
+    if min(out) <= 0 or 0 in x_shape:
+        raise ValueError(f"{layer}: the output would be empty: input spatial size {tuple(spatial)} with "
+                         f"pool_size={pool_size}, strides={strides}, padding={padding!r}. "
+                         f"Received: inputs.shape={tuple(x_shape)}")
+    return spatial, out, pads
+
+
+def _normalize(pool_size, strides, padding, data_format, k, layer="pooling"):
+    pool_size = validation.int_tuple(layer, "pool_size", pool_size, k)
+    strides = validation.int_tuple(layer, "strides", strides, k, allow_none=True) or pool_size
+    padding = validation.choice(layer, "padding", padding, ("valid", "same"))
+    return pool_size, strides, padding, validation.data_format(layer, data_format)
+
+
+# ----------------------------------------------------------------------------- NumPy reference
+
+def max_pool_forward(x, pool_size, strides=None, padding="valid", data_format="channels_last"):
+    """Max pooling of x (N, *spatial, C) or (N, C, *spatial) with -inf padding."""
+    k = x.ndim - 2
+    pool_size, strides, padding, data_format = _normalize(pool_size, strides, padding, data_format, k)
+    y, _ = _max_pool_argmax(x, pool_size, strides, padding, data_format)
+    return y
+
+
+def _max_pool_argmax(x, pool_size, strides, padding, data_format):
+    """(y, window offset of the first maximum) in channels-last order for the offsets."""
+    acc = _acc_dtype(x.dtype)
+    xcl = _to_channels_last(x, data_format).astype(acc)
+    out, pads = pool_geometry(xcl.shape[1:-1], pool_size, strides, padding)
+    win = _padded_windows(xcl, pool_size, strides, out, pads, -np.inf)
+    idx = np.argmax(win, axis=-1)  # first maximum; NaN counts as the maximum
+    # A padding cell wins only if every real cell is -inf: take the first real cell instead.
+    real = _padded_windows(np.ones(xcl.shape, bool), pool_size, strides, out, pads, False)
+    chosen_real = np.take_along_axis(real, idx[..., None], -1)[..., 0]
+    idx = np.where(chosen_real, idx, np.argmax(real, axis=-1))
+    y = np.take_along_axis(win, idx[..., None], -1)[..., 0]
+    return _from_channels_last(y, data_format).astype(x.dtype), idx
+
+
+def max_pool_backward(x, dy, pool_size, strides=None, padding="valid", data_format="channels_last"):
+    """d(loss)/dx of max pooling: each window's gradient goes to its first maximum."""
+    k = x.ndim - 2
+    pool_size, strides, padding, data_format = _normalize(pool_size, strides, padding, data_format, k)
+    acc = _acc_dtype(x.dtype)
+    _, idx = _max_pool_argmax(x, pool_size, strides, padding, data_format)
+    dycl = _to_channels_last(dy, data_format).astype(acc)
+    out = dycl.shape[1:-1]
+    _, pads = pool_geometry(_to_channels_last(x, data_format).shape[1:-1], pool_size, strides, padding)
+    dx = _scatter_windows(lambda j: np.where(idx == j, dycl, 0), _to_channels_last(x, data_format).shape,
+                          pool_size, strides, out, pads, acc)
+    return _from_channels_last(dx, data_format).astype(x.dtype)
+
+
+def _window_counts(in_shape_cl, pool_size, strides, out, pads):
+    """Real cells per window, shaped (1, *out, 1)."""
+    ones = np.ones((1, *in_shape_cl[1:-1], 1), np.int64)
+    return _padded_windows(ones, pool_size, strides, out, pads, 0).sum(-1)
+
+
+def avg_pool_forward(x, pool_size, strides=None, padding="valid", data_format="channels_last"):
+    """Average pooling; each window's sum is divided by its number of real (unpadded) cells."""
+    k = x.ndim - 2
+    pool_size, strides, padding, data_format = _normalize(pool_size, strides, padding, data_format, k)
+    acc = _acc_dtype(x.dtype)
+    xcl = _to_channels_last(x, data_format).astype(acc)
+    out, pads = pool_geometry(xcl.shape[1:-1], pool_size, strides, padding)
+    total = _padded_windows(xcl, pool_size, strides, out, pads, 0).sum(-1)
+    y = total / _window_counts(xcl.shape, pool_size, strides, out, pads)
+    return _from_channels_last(y, data_format).astype(x.dtype)
+
+
+def avg_pool_backward(x_shape, dy, pool_size, strides=None, padding="valid", data_format="channels_last"):
+    """d(loss)/dx of average pooling for an input of shape x_shape."""
+    k = len(x_shape) - 2
+    pool_size, strides, padding, data_format = _normalize(pool_size, strides, padding, data_format, k)
+    acc = _acc_dtype(dy.dtype)
+    shape_cl = tuple(x_shape[:1]) + tuple(x_shape[2:]) + (x_shape[1],) \
+        if data_format == "channels_first" else tuple(x_shape)
+    dycl = _to_channels_last(dy, data_format).astype(acc)
+    out, pads = pool_geometry(shape_cl[1:-1], pool_size, strides, padding)
+    share = dycl / _window_counts(shape_cl, pool_size, strides, out, pads)
+    dx = _scatter_windows(lambda j: share, shape_cl, pool_size, strides, out, pads, acc)
+    return _from_channels_last(dx, data_format).astype(dy.dtype)
+
+
+def global_pool_forward(x, op, data_format="channels_last", keepdims=False):
+    """Global "max" or "avg" pooling over every spatial axis."""
+    acc = _acc_dtype(x.dtype)
+    axes = tuple(range(2, x.ndim)) if data_format == "channels_first" else tuple(range(1, x.ndim - 1))
+    xa = x.astype(acc)
+    y = xa.max(axis=axes, keepdims=keepdims) if op == "max" else xa.mean(axis=axes, keepdims=keepdims)
+    return y.astype(x.dtype)
+
+
+def global_pool_backward(x, dy, op, data_format="channels_last"):
+    """d(loss)/dx of global pooling; dy is (N, C) or keepdims-shaped."""
+    acc = _acc_dtype(x.dtype)
+    xcl = _to_channels_last(x, data_format)
+    n, c = xcl.shape[0], xcl.shape[-1]
+    rows = xcl.reshape(n, -1, c)  # (N, L, C)
+    g = dy.reshape(n, 1, c).astype(acc) if data_format == "channels_last" else \
+        dy.reshape(n, c)[:, None, :].astype(acc)
+    if op == "max":
+        first = np.argmax(rows, axis=1)  # first maximum, NaN counts as the maximum
+        dx = np.zeros(rows.shape, acc)
+        np.put_along_axis(dx, first[:, None, :], g, axis=1)
+    else:
+        dx = np.broadcast_to(g / rows.shape[1], rows.shape)
+    return _from_channels_last(dx.reshape(xcl.shape), data_format).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------- kernel path
+
+def _geometry_args(x_shape, data_format, pool_size, strides, out, pads):
+    """The 17 int32 geometry arguments of the windowed kernels (5-D view, 3 spatial axes)."""
+    k = len(pool_size)
+    if data_format == "channels_first":
+        n, c, spatial = x_shape[0], x_shape[1], x_shape[2:]
+    else:
+        n, c, spatial = x_shape[0], x_shape[-1], x_shape[1:-1]
+    lead = (1,) * (3 - k)
+    values = (n, c, *lead, *spatial, *lead, *out, *lead, *pool_size, *lead, *strides,
+              *((0,) * (3 - k)), *pads)
+    return tuple(np.int32(v) for v in values)
+
+
+def _cl(data_format):
+    return "true" if data_format == "channels_last" else "false"
+
+
+def max_pool_forward_kernel(x, pool_size, strides, padding, data_format):
+    """Kernel path of max pooling: (y, one-byte window argmax or None when recomputed)."""
+    xp = kernels.array_module(x)
+    x = xp.ascontiguousarray(x)
+    spatial = x.shape[2:] if data_format == "channels_first" else x.shape[1:-1]
+    out, pads = pool_geometry(spatial, pool_size, strides, padding)
+    y_shape = (x.shape[0], x.shape[1], *out) if data_format == "channels_first" else (x.shape[0], *out, x.shape[-1])
+    y = xp.empty(y_shape, x.dtype)
+    save = int(np.prod(pool_size)) <= MAX_SAVED_WINDOW
+    argmax = xp.empty(y_shape if save else (1,), np.uint8)
+    kernels.launch(SOURCE, f"max_pool_forward<{{T}}, {_cl(data_format)}>", x.dtype,
+                   kernels.grid_1d(y.size, BLOCK), BLOCK,
+                   (x, y, argmax, np.int32(save), *_geometry_args(x.shape, data_format, pool_size, strides, out, pads)))
+    return y, (argmax if save else None)
+
+
+def max_pool_backward_kernel(x, argmax, dy, pool_size, strides, padding, data_format):
+    xp = kernels.array_module(x)
+    x, dy = xp.ascontiguousarray(x), xp.ascontiguousarray(dy)
+    spatial = x.shape[2:] if data_format == "channels_first" else x.shape[1:-1]
+    out, pads = pool_geometry(spatial, pool_size, strides, padding)
+    dx = xp.empty(x.shape, x.dtype)
+    saved = argmax is not None
+    kernels.launch(SOURCE, f"max_pool_backward<{{T}}, {_cl(data_format)}>", x.dtype,
+                   kernels.grid_1d(x.size, BLOCK), BLOCK,
+                   (x, argmax if saved else xp.empty((1,), np.uint8), np.int32(saved), dy, dx,
+                    *_geometry_args(x.shape, data_format, pool_size, strides, out, pads)))
+    return dx
+
+
+def avg_pool_forward_kernel(x, pool_size, strides, padding, data_format):
+    xp = kernels.array_module(x)
+    x = xp.ascontiguousarray(x)
+    spatial = x.shape[2:] if data_format == "channels_first" else x.shape[1:-1]
+    out, pads = pool_geometry(spatial, pool_size, strides, padding)
+    y_shape = (x.shape[0], x.shape[1], *out) if data_format == "channels_first" else (x.shape[0], *out, x.shape[-1])
+    y = xp.empty(y_shape, x.dtype)
+    kernels.launch(SOURCE, f"avg_pool_forward<{{T}}, {_cl(data_format)}>", x.dtype,
+                   kernels.grid_1d(y.size, BLOCK), BLOCK,
+                   (x, y, *_geometry_args(x.shape, data_format, pool_size, strides, out, pads)))
+    return y
+
+
+def avg_pool_backward_kernel(x_shape, dy, pool_size, strides, padding, data_format):
+    xp = kernels.array_module(dy)
+    dy = xp.ascontiguousarray(dy)
+    spatial = x_shape[2:] if data_format == "channels_first" else x_shape[1:-1]
+    out, pads = pool_geometry(spatial, pool_size, strides, padding)
+    dx = xp.empty(x_shape, dy.dtype)
+    kernels.launch(SOURCE, f"avg_pool_backward<{{T}}, {_cl(data_format)}>", dy.dtype,
+                   kernels.grid_1d(dx.size, BLOCK), BLOCK,
+                   (dy, dx, *_geometry_args(x_shape, data_format, pool_size, strides, out, pads)))
+    return dx
+
+
+def _rows_block(length):
+    """Threads per block for a row reduction: a multiple of 32, at most 256."""
+    return int(min(BLOCK, max(32, -(-length // 32) * 32)))
+
+
+def global_pool_forward_kernel(x, op, data_format, keepdims):
+    xp = kernels.array_module(x)
+    x = xp.ascontiguousarray(x)
+    n, c = x.shape[0], (x.shape[1] if data_format == "channels_first" else x.shape[-1])
+    length = int(np.prod(x.shape[2:] if data_format == "channels_first" else x.shape[1:-1]))
+    y = xp.empty((n, c), x.dtype)
+    is_max = "true" if op == "max" else "false"
+    if data_format == "channels_first":
+        kernels.launch(SOURCE, f"global_pool_forward_rows<{{T}}, {is_max}>", x.dtype,
+                       min(n * c, 2**20), _rows_block(length), (x, y, np.int64(n * c), np.int64(length)))
+    else:
+        kernels.launch(SOURCE, f"global_pool_forward_cols<{{T}}, {is_max}>", x.dtype,
+                       kernels.grid_1d(n * c, BLOCK), BLOCK, (x, y, np.int32(n), np.int32(c), np.int64(length)))
+    if keepdims:
+        ones = (1,) * (x.ndim - 2)
+        y = y.reshape((n, c, *ones) if data_format == "channels_first" else (n, *ones, c))
+    return y
+
+
+def global_pool_backward_kernel(x, dy, op, data_format):
+    xp = kernels.array_module(x)
+    x, dy = xp.ascontiguousarray(x), xp.ascontiguousarray(dy)
+    n, c = x.shape[0], (x.shape[1] if data_format == "channels_first" else x.shape[-1])
+    length = int(np.prod(x.shape[2:] if data_format == "channels_first" else x.shape[1:-1]))
+    dx = xp.empty(x.shape, x.dtype)
+    if op == "avg":
+        kernels.launch(SOURCE, f"global_avg_backward<{{T}}, {_cl(data_format)}>", x.dtype,
+                       kernels.grid_1d(x.size, BLOCK), BLOCK,
+                       (dy, dx, np.int32(n), np.int32(c), np.int64(length)))
+    elif data_format == "channels_first":
+        kernels.launch(SOURCE, "global_max_backward_rows<{T}>", x.dtype, min(n * c, 2**20),
+                       _rows_block(length), (x, dy, dx, np.int64(n * c), np.int64(length)))
+    else:
+        kernels.launch(SOURCE, "global_max_backward_cols<{T}>", x.dtype, kernels.grid_1d(n * c, BLOCK),
+                       BLOCK, (x, dy, dx, np.int32(n), np.int32(c), np.int64(length)))
+    return dx
+
+
+# ----------------------------------------------------------------------------- layers
+
+class _Pooling(Layer):
+    rank = 0
+    op = ""
+    default_pool = 2
+
+    def __init__(self, pool_size=None, strides=None, padding="valid", data_format=None, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        layer = type(self).__name__
+        if pool_size is None:
+            pool_size = (self.default_pool,) * self.rank
+        self.pool_size = validation.int_tuple(layer, "pool_size", pool_size, self.rank)
+        self.strides = validation.int_tuple(layer, "strides", strides, self.rank, allow_none=True) or self.pool_size
+        self.padding = validation.choice(layer, "padding", padding, ("valid", "same"))
+        self.data_format = validation.data_format(layer, data_format)
+
+    def compute_output_shape(self, input_shape):
+        spatial = input_shape[2:] if self.data_format == "channels_first" else input_shape[1:-1]
+        out, _ = pool_geometry(spatial, self.pool_size, self.strides, self.padding)
+        if self.data_format == "channels_first":
+            return (input_shape[0], input_shape[1], *out)
+        return (input_shape[0], *out, input_shape[-1])
+
+    def forward(self, x, training=False):
+        layer = type(self).__name__
+        validation.rank(layer, "inputs", x, self.rank + 2,
+                        f"(batch, {'spatial..., channels' if self.data_format == 'channels_last' else 'channels, spatial...'})")
+        _check_geometry(layer, x.shape, self.pool_size, self.strides, self.padding, self.data_format)
+        args = (self.pool_size, self.strides, self.padding, self.data_format)
+        _, on_kernels = kernels.kernel_path(x)
+        if self.op == "max":
+            if on_kernels:
+                y, argmax = max_pool_forward_kernel(x, *args)
+            else:
+                y, argmax = max_pool_forward(x, *args), None
+            self._saved = (x, argmax)
+        else:
+            y = avg_pool_forward_kernel(x, *args) if on_kernels else avg_pool_forward(x, *args)
+            self._saved = (x,)
+        return y
+
+    def backward_impl(self, dy):
+        x = self._saved[0]
+        args = (self.pool_size, self.strides, self.padding, self.data_format)
+        _, on_kernels = kernels.kernel_path(x)
+        if self.op == "max":
+            if on_kernels:
+                return max_pool_backward_kernel(x, self._saved[1], dy, *args)
+            return max_pool_backward(x, dy, *args)
+        if on_kernels:
+            return avg_pool_backward_kernel(x.shape, dy, *args)
+        return avg_pool_backward(x.shape, dy, *args)
+
+
+class _GlobalPooling(Layer):
+    rank = 0
+    op = ""
+
+    def __init__(self, data_format=None, keepdims=False, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        layer = type(self).__name__
+        self.data_format = validation.data_format(layer, data_format)
+        self.keepdims = validation.boolean(layer, "keepdims", keepdims)
+
+    def compute_output_shape(self, input_shape):
+        n, c = input_shape[0], (input_shape[1] if self.data_format == "channels_first" else input_shape[-1])
+        if not self.keepdims:
+            return (n, c)
+        ones = (1,) * self.rank
+        return (n, c, *ones) if self.data_format == "channels_first" else (n, *ones, c)
+
+    def forward(self, x, training=False, mask=None):
+        layer = type(self).__name__
+        validation.unsupported(layer, mask=(mask, None))
+        validation.rank(layer, "inputs", x, self.rank + 2,
+                        f"(batch, {'spatial..., channels' if self.data_format == 'channels_last' else 'channels, spatial...'})")
+        if 0 in x.shape:
+            raise ValueError(f"{layer}: `inputs` must not be empty. Received: inputs.shape={tuple(x.shape)}")
+        _, on_kernels = kernels.kernel_path(x)
+        self._saved = (x,)
+        if on_kernels:
+            return global_pool_forward_kernel(x, self.op, self.data_format, self.keepdims)
+        return global_pool_forward(x, self.op, self.data_format, self.keepdims)
+
+    def backward_impl(self, dy):
+        x = self._saved[0]
+        _, on_kernels = kernels.kernel_path(x)
+        if on_kernels:
+            return global_pool_backward_kernel(x, dy, self.op, self.data_format)
+        return global_pool_backward(x, dy, self.op, self.data_format)
+
+
+_POOL_DOC = """{op} pooling over {rank} spatial axis(es), as Keras 3's ``{name}``.
+
+    Args:
+        pool_size: int or tuple of {rank} ints, the window (default {default}).
+        strides: int, tuple of {rank} ints, or None (= pool_size).
+        padding: "valid" (no padding) or "same" (output = ceil(input / stride); the total
+            padding max((out - 1) * stride + pool - in, 0) is split floor half before).
+            {padnote}
+        data_format: "channels_last" (default, None) or "channels_first".
+
+    Input: (batch, {dims}, channels) for channels_last, (batch, channels, {dims}) for
+    channels_first. Output: same layout with each spatial size
+    floor((in - pool) / stride) + 1 ("valid") or ceil(in / stride) ("same").
+    """
+
+_GLOBAL_DOC = """Global {op} pooling over {rank} spatial axis(es), as Keras 3's ``{name}``.
+
+    Args:
+        data_format: "channels_last" (default, None) or "channels_first".
+        keepdims: keep the spatial axes with size 1.
+
+    Input: (batch, {dims}, channels) or (batch, channels, {dims}). Output: (batch, channels),
+    or with keepdims (batch, {ones}, channels) / (batch, channels, {ones}).
+    """
+
+
+def _make(kind, op, rank):
+    dims = ", ".join(("dim1", "dim2", "dim3")[:rank]) if rank > 1 else "steps"
+    if kind == "window":
+        name = f"{'Max' if op == 'max' else 'Average'}Pooling{rank}D"
+        doc = _POOL_DOC.format(op="Max" if op == "max" else "Average", rank=rank, name=name,
+                               default=2 if rank == 1 else (2,) * rank, dims=dims,
+                               padnote="Padded cells are -inf." if op == "max"
+                               else "Each window is divided by its number of real cells.")
+        cls = type(name, (_Pooling,), {"rank": rank, "op": op, "__doc__": doc})
+    else:
+        name = f"Global{'Max' if op == 'max' else 'Average'}Pooling{rank}D"
+        doc = _GLOBAL_DOC.format(op="max" if op == "max" else "average", rank=rank, name=name,
+                                 dims=dims, ones=", ".join(["1"] * rank))
+        cls = type(name, (_GlobalPooling,), {"rank": rank, "op": op, "__doc__": doc})
+    cls.__module__ = __name__
+    return cls
+
+
+MaxPooling1D = _make("window", "max", 1)
+MaxPooling2D = _make("window", "max", 2)
+MaxPooling3D = _make("window", "max", 3)
+AveragePooling1D = _make("window", "avg", 1)
+AveragePooling2D = _make("window", "avg", 2)
+AveragePooling3D = _make("window", "avg", 3)
+GlobalMaxPooling1D = _make("global", "max", 1)
+GlobalMaxPooling2D = _make("global", "max", 2)
+GlobalMaxPooling3D = _make("global", "max", 3)
+GlobalAveragePooling1D = _make("global", "avg", 1)
+GlobalAveragePooling2D = _make("global", "avg", 2)
+GlobalAveragePooling3D = _make("global", "avg", 3)

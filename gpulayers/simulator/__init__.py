@@ -1,0 +1,159 @@
+"""CPU kernel simulator: runs the unchanged CUDA sources in ``cuda/`` on the CPU.
+
+:func:`load` compiles one ``.cu`` file with the host C++ compiler, together with
+``include/cuda_sim.h`` (CUDA's built-ins for the host) and ``include/sim_runtime.h``
+(fibers, barriers, warp collectives, guarded global memory), and a generated launcher per
+name expression. Libraries are cached on disk, keyed by every source, the compiler and
+the flags. Only :mod:`gpulayers.kernels` calls this module.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+INCLUDE = Path(__file__).resolve().parent / "include"
+CXXFLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-fno-strict-aliasing",
+            "-U_FORTIFY_SOURCE", "-D_FORTIFY_SOURCE=0", "-w")
+DYNAMIC_SHARED_BYTES = 48 * 1024
+_EXTERN_SHARED = re.compile(
+    r"extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?([A-Za-z_][\w:\s]*?)\s+(\w+)\s*\[\s*\]")
+_CTYPES = {
+    np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
+    np.dtype(np.uint32): ctypes.c_uint32, np.dtype(np.uint64): ctypes.c_uint64,
+    np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double,
+}
+_launch_lock = threading.Lock()
+_libraries: dict[str, "SimModule"] = {}
+
+
+class KernelError(RuntimeError):
+    """A simulated kernel did something that is wrong on a GPU (the message says what)."""
+
+
+def compiler() -> str:
+    for candidate in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if candidate and shutil.which(candidate):
+            return candidate
+    raise RuntimeError("gpulayers simulator: no C++ compiler found (install g++ or set CXX)")
+
+
+def _compiler_version(cxx: str) -> str:
+    try:
+        return subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
+    except Exception:
+        return cxx
+
+
+def translation_unit(cu_path: Path, names: list[str]) -> str:
+    """C++ source of a simulator library: the runtime, the .cu file, one launcher per name."""
+    text = cu_path.read_text()
+    lines = ['#include "sim_runtime.h"', f'#include "{cu_path}"', ""]
+    seen = set()
+    for ctype, name in _EXTERN_SHARED.findall(text):
+        if name not in seen:
+            seen.add(name)
+            ctype = " ".join(ctype.split())
+            lines.append(f"thread_local alignas(16) {ctype} {name}"
+                         f"[{DYNAMIC_SHARED_BYTES} / sizeof({ctype})];")
+    lines += ['extern "C" int glsim_launch(int k, int nargs, const unsigned* grid, const unsigned* block,',
+              "    unsigned long long shared, void** args, int narrays, const int* arg_index,",
+              "    const unsigned long long* nbytes, char* err, int errlen) {",
+              "  switch (k) {"]
+    for i, name in enumerate(names):
+        lines.append(f"    case {i}: return glsim::launch_kernel(&{name}, nargs, grid, block, shared, "
+                     "args, narrays, arg_index, nbytes, err, errlen);")
+    lines += ['    default: std::snprintf(err, errlen, "no kernel %d", k); return 1;', "  }", "}", ""]
+    return "\n".join(lines)
+
+
+def _digest(cu_path: Path, tu: str, cxx: str) -> str:
+    h = hashlib.sha256(tu.encode())
+    for path in sorted(INCLUDE.glob("*")) + sorted(cu_path.parent.glob("*.cuh")) + [cu_path]:
+        h.update(path.name.encode() + path.read_bytes())
+    h.update(_compiler_version(cxx).encode() + " ".join(CXXFLAGS).encode())
+    return h.hexdigest()[:20]
+
+
+def build(cu_path: Path, names: list[str], cache: Path) -> Path:
+    """Compile (or find in the cache) the simulator library for ``cu_path``'s kernels."""
+    cxx = compiler()
+    tu = translation_unit(cu_path, names)
+    lib = cache / "sim" / f"{cu_path.stem}-{_digest(cu_path, tu, cxx)}.so"
+    if lib.is_file():
+        return lib
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
+        src = Path(tmp) / f"{cu_path.stem}_sim.cpp"
+        src.write_text(tu)
+        out = Path(tmp) / lib.name
+        cmd = [cxx, *CXXFLAGS, f"-I{INCLUDE}", f"-I{cu_path.parent}", str(src), "-o", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"gpulayers simulator: compiling {cu_path.name} failed:\n{proc.stderr[-8000:]}")
+        os.replace(out, lib)
+    return lib
+
+
+class SimModule:
+    """A compiled simulator library; ``launch`` has the shape of a CuPy kernel call."""
+
+    def __init__(self, path: Path, names: list[str]):
+        self.path = path
+        self.index = {name: i for i, name in enumerate(names)}
+        self._lib = ctypes.CDLL(str(path))
+        self._launch = self._lib.glsim_launch
+        self._launch.restype = ctypes.c_int
+
+    def launch(self, name, grid, block, args, shared_mem=0):
+        if name not in self.index:
+            raise KernelError(f"kernel {name}: not declared for this source")
+        grid = (tuple(grid) + (1, 1))[:3]
+        block = (tuple(block) + (1, 1))[:3]
+        keep = []  # ctypes objects that must outlive the call
+        argv = (ctypes.c_void_p * max(len(args), 1))()
+        arg_index, nbytes = [], []
+        for i, a in enumerate(args):
+            if isinstance(a, np.ndarray):
+                if not a.flags.c_contiguous:
+                    raise KernelError(f"kernel {name}: argument {i} is not C-contiguous")
+                value = ctypes.c_void_p(a.ctypes.data)
+                arg_index.append(i)
+                nbytes.append(a.nbytes)
+            elif isinstance(a, np.generic) and a.dtype in _CTYPES:
+                value = _CTYPES[a.dtype](a.item())
+            else:
+                raise KernelError(f"kernel {name}: argument {i} ({type(a).__name__}) is neither a "
+                                  f"NumPy array nor a NumPy scalar of an exact C type")
+            keep.append(value)
+            argv[i] = ctypes.addressof(value)
+        err = ctypes.create_string_buffer(1024)
+        with _launch_lock:
+            rc = self._launch(
+                ctypes.c_int(self.index[name]), ctypes.c_int(len(args)),
+                (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), ctypes.c_ulonglong(shared_mem),
+                argv, ctypes.c_int(len(arg_index)), (ctypes.c_int * max(len(arg_index), 1))(*arg_index),
+                (ctypes.c_ulonglong * max(len(nbytes), 1))(*nbytes), err, ctypes.c_int(len(err)))
+        if rc != 0:
+            raise KernelError(f"kernel {name}: {err.value.decode(errors='replace')}")
+
+
+def load(source: str, names: list[str], folder: Path | None = None) -> SimModule:
+    """The simulator module for ``cuda/<source>`` (or ``folder/<source>``) with these kernels."""
+    from .. import kernels
+
+    cu_path = (folder or kernels.cuda_dir()) / source
+    lib = build(cu_path, list(names), kernels.cache_folder())
+    key = f"{lib}"
+    module = _libraries.get(key)
+    if module is None:
+        module = _libraries[key] = SimModule(lib, list(names))
+    return module

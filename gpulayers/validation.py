@@ -1,0 +1,80 @@
+"""Argument and input validators: one message form for every layer.
+
+``MaxPooling2D: `pool_size` must be a tuple of 2 positive ints. Received: pool_size=(2, 0)``
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def int_tuple(layer: str, arg: str, value, n: int, allow_none: bool = False):
+    """A positive int or a tuple/list of n positive ints -> tuple of n Python ints."""
+    if value is None and allow_none:
+        return None
+    items = (value,) * n if _is_int(value) else value
+    if (not isinstance(items, (tuple, list)) or len(items) != n
+            or not all(_is_int(v) and v > 0 for v in items)):
+        what = "a positive int" if n == 1 else f"a positive int or a tuple of {n} positive ints"
+        raise ValueError(f"{layer}: `{arg}` must be {what}. Received: {arg}={value!r}")
+    return tuple(int(v) for v in items)
+
+
+def choice(layer: str, arg: str, value, options, default=None):
+    """A case-insensitive string among ``options`` (None -> default)."""
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, str) or value.lower() not in options:
+        raise ValueError(f"{layer}: `{arg}` must be one of {', '.join(repr(o) for o in options)}. "
+                         f"Received: {arg}={value!r}")
+    return value.lower()
+
+
+def data_format(layer: str, value):
+    return choice(layer, "data_format", value, ("channels_last", "channels_first"), "channels_last")
+
+
+def boolean(layer: str, arg: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{layer}: `{arg}` must be a bool. Received: {arg}={value!r}")
+    return bool(value)
+
+
+def unsupported(layer: str, **kwargs) -> None:
+    """NotImplementedError for Keras arguments given a value we do not support yet."""
+    for arg, (value, default) in kwargs.items():
+        if value != default:
+            raise NotImplementedError(f"{layer}: `{arg}={value!r}` is not supported yet "
+                                      f"(only {arg}={default!r}).")
+
+
+def float_array(layer: str, arg: str, x, xp_types) -> None:
+    """x must be an array of a supported module with a float16/32/64 dtype."""
+    if not isinstance(x, xp_types):
+        raise TypeError(f"{layer}: `{arg}` must be a numpy.ndarray or cupy.ndarray. "
+                        f"Received: {arg} of type {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{layer}: `{arg}` must have dtype float16, float32 or float64. "
+                        f"Received: {arg}.dtype={x.dtype}")
+
+
+def rank(layer: str, arg: str, x, ndim: int, meaning: str) -> None:
+    if x.ndim != ndim:
+        raise ValueError(f"{layer}: `{arg}` must be {ndim}-D {meaning}. "
+                         f"Received: {arg}.shape={tuple(x.shape)}")
+
+
+def same_shape(layer: str, arg: str, x, shape, dtype) -> None:
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{layer}: `{arg}` must have shape {tuple(shape)} (the output's). "
+                         f"Received: {arg}.shape={tuple(x.shape)}")
+    if x.dtype != dtype:
+        raise TypeError(f"{layer}: `{arg}` must have dtype {dtype} (the output's). "
+                        f"Received: {arg}.dtype={x.dtype}")
