@@ -50,8 +50,10 @@ def boolean(layer: str, arg: str, value) -> bool:
 def unsupported(layer: str, **kwargs) -> None:
     """NotImplementedError for Keras arguments given a value we do not support yet."""
     for arg, (value, default) in kwargs.items():
-        if value != default:
-            raise NotImplementedError(f"{layer}: `{arg}={value!r}` is not supported yet "
+        differs = value is not None if default is None else value != default
+        if differs:
+            shown = f"array of shape {tuple(value.shape)}" if hasattr(value, "shape") else repr(value)
+            raise NotImplementedError(f"{layer}: `{arg}={shown}` is not supported yet "
                                       f"(only {arg}={default!r}).")
 
 

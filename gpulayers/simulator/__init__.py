@@ -62,7 +62,7 @@ def translation_unit(cu_path: Path, names: list[str]) -> str:
         if name not in seen:
             seen.add(name)
             ctype = " ".join(ctype.split())
-            lines.append(f"thread_local alignas(16) {ctype} {name}"
+            lines.append(f"alignas(16) thread_local {ctype} {name}"
                          f"[{DYNAMIC_SHARED_BYTES} / sizeof({ctype})];")
     lines += ['extern "C" int glsim_launch(int k, int nargs, const unsigned* grid, const unsigned* block,',
               "    unsigned long long shared, void** args, int narrays, const int* arg_index,",

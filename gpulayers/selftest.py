@@ -1,0 +1,108 @@
+"""``python -m gpulayers selftest``: every layer through its kernels against the NumPy reference."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from . import kernels, simulator, testing
+from .layers import pooling
+
+DTYPES = (np.float32, np.float64, np.float16)
+
+
+def pooling_cases():
+    """(layer class, constructor kwargs, input shape) over a grid of configurations."""
+    windowed = [
+        (pooling.MaxPooling1D, dict(pool_size=3, strides=2, padding="same"), (3, 37, 5)),
+        (pooling.AveragePooling1D, dict(pool_size=4, strides=1), (3, 37, 5)),
+        (pooling.MaxPooling2D, dict(pool_size=2), (2, 17, 19, 6)),
+        (pooling.MaxPooling2D, dict(pool_size=3, strides=2, padding="same"), (2, 17, 19, 6)),
+        (pooling.AveragePooling2D, dict(pool_size=(3, 2), strides=(2, 1), padding="same"), (2, 17, 19, 6)),
+        (pooling.MaxPooling3D, dict(pool_size=(2, 3, 2), padding="same"), (2, 5, 9, 7, 3)),
+        (pooling.AveragePooling3D, dict(pool_size=2, strides=(1, 2, 2)), (2, 5, 9, 7, 3)),
+        (pooling.MaxPooling2D, dict(pool_size=17, strides=3, padding="same"), (1, 20, 21, 2)),
+    ]
+    global_ = [(cls, dict(keepdims=keep), shape) for cls, shape, keep in [
+        (pooling.GlobalMaxPooling1D, (3, 300, 5), False),
+        (pooling.GlobalAveragePooling1D, (3, 300, 5), True),
+        (pooling.GlobalMaxPooling2D, (2, 13, 11, 7), False),
+        (pooling.GlobalAveragePooling2D, (2, 13, 11, 7), False),
+        (pooling.GlobalMaxPooling3D, (2, 4, 5, 6, 3), True),
+        (pooling.GlobalAveragePooling3D, (2, 4, 5, 6, 3), False),
+    ]]
+    for (cls, kw, shape), fmt in itertools.product(windowed + global_, ("channels_last", "channels_first")):
+        if fmt == "channels_first":
+            shape = (shape[0], shape[-1], *shape[1:-1])
+        yield cls, dict(kw, data_format=fmt), shape
+
+
+def cases():
+    yield from pooling_cases()
+
+
+def path_name():
+    if kernels.gpu_available():
+        return "gpu"
+    try:
+        simulator.compiler()
+        return "simulator"
+    except RuntimeError:
+        return None
+
+
+def run(out=print, seed=0) -> int:
+    """Prints one row per case; returns the number of mismatches."""
+    rng = np.random.default_rng(seed)
+    path = path_name()
+    if path == "gpu":
+        cp = kernels.cupy_module()
+        out(f"kernels run on the GPU: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
+    elif path == "simulator":
+        out("no GPU: kernels run on the CPU kernel simulator (the same cuda/ sources, host-compiled)")
+    else:
+        out("no GPU and no C++ compiler: kernels were NOT executed; checking the NumPy path and "
+            "NVRTC compilation only")
+    header = f"{'layer':24} {'config':58} {'dtype':8} {'path':10} {'pass':8} {'max abs':>10} {'max rel':>10}  ok"
+    out(header)
+    out("-" * len(header))
+    failures = 0
+    for cls, kw, shape in cases():
+        for dtype in DTYPES:
+            x = rng.standard_normal(shape).astype(dtype)
+            ref_layer = cls(**kw)
+            y_ref = ref_layer(x)
+            dy = rng.standard_normal(y_ref.shape).astype(dtype)
+            dx_ref = ref_layer.backward(dy)
+            config = ", ".join(f"{k}={v}" for k, v in kw.items()) + f", x={shape}"
+            config = config.replace("data_format=", "").replace("channels_", "")
+            if path is None:
+                rows = [("forward", *testing.compare(y_ref, y_ref)[:3])]
+            else:
+                layer = cls(**kw)
+                if path == "gpu":
+                    cp = kernels.cupy_module()
+                    y = layer(cp.asarray(x))
+                    dx = layer.backward(cp.asarray(dy))
+                else:
+                    with kernels.simulate():
+                        y = layer(x)
+                        dx = layer.backward(dy)
+                rows = [("forward", *testing.compare(y, y_ref)[:3]),
+                        ("backward", *testing.compare(dx, dx_ref)[:3])]
+            for name, ok, max_abs, max_rel in rows:
+                failures += not ok
+                out(f"{cls.__name__:24} {config[:58]:58} {np.dtype(dtype).name:8} {path or 'numpy':10} "
+                    f"{name:8} {max_abs:10.2e} {max_rel:10.2e}  {'ok' if ok else 'MISMATCH'}")
+    if path is None:
+        for source in kernels.declared():
+            for dtype in DTYPES:
+                for arch in ("sm_80", "sm_90"):
+                    try:
+                        kernels.nvrtc_compile(source, dtype, arch)
+                        out(f"compiled cuda/{source} for {np.dtype(dtype).name} on {arch}: ok")
+                    except Exception as e:  # report and count, keep going
+                        failures += 1
+                        out(f"compiled cuda/{source} for {np.dtype(dtype).name} on {arch}: FAILED {e}")
+    out(f"{'all cases match' if not failures else f'{failures} mismatches'} ({path or 'numpy only'})")
+    return failures

@@ -1,0 +1,46 @@
+"""Shared fixtures: one test body runs on every kernel path (simulator, GPU)."""
+import numpy as np
+import pytest
+
+from gpulayers import kernels
+
+DTYPES = (np.float32, np.float64, np.float16)
+
+
+@pytest.fixture(params=["simulator", pytest.param("gpu", marks=pytest.mark.gpu)])
+def kernel_path(request):
+    """Runs a layer call on a kernel path: ``run(fn, *numpy arrays)`` -> NumPy results.
+
+    "simulator": NumPy arrays inside gpulayers.simulate(); "gpu": CuPy arrays (skipped
+    without a GPU).
+    """
+    if request.param == "gpu":
+        if not kernels.gpu_available():
+            pytest.skip("no CUDA GPU available (CuPy missing or no device)")
+        cp = kernels.cupy_module()
+
+        def run(fn, *arrays):
+            out = fn(*[cp.asarray(a) for a in arrays])
+            return _to_numpy(out)
+
+        run.name = "gpu"
+        return run
+
+    def run_sim(fn, *arrays):
+        with kernels.simulate():
+            return _to_numpy(fn(*arrays))
+
+    run_sim.name = "simulator"
+    return run_sim
+
+
+def _to_numpy(out):
+    if isinstance(out, (tuple, list)):
+        return type(out)(_to_numpy(o) for o in out)
+    return out.get() if hasattr(out, "get") and not isinstance(out, np.ndarray) else out
+
+
+def random_input(rng, shape, dtype):
+    """Random normal values, never all zero; distinct enough that max pooling has no ties."""
+    x = rng.standard_normal(shape)
+    return x.astype(dtype)

@@ -1,0 +1,152 @@
+"""The NumPy reference of pooling against direct loops and float64 numerical gradients."""
+import itertools
+
+import numpy as np
+import pytest
+
+import gpulayers as gl
+from gpulayers.layers import pooling
+from gpulayers.testing import assert_close
+
+rng = np.random.default_rng(1234)
+
+
+def direct_pool(x, op, pool, strides, padding, data_format):
+    """Pooling by explicit loops over every output element (channels_last internally)."""
+    if data_format == "channels_first":
+        x = np.moveaxis(x, 1, -1)
+    n, *spatial, c = x.shape
+    out, before = [], []
+    for size, k, s in zip(spatial, pool, strides):
+        if padding == "valid":
+            out.append((size - k) // s + 1)
+            before.append(0)
+        else:
+            o = int(np.ceil(size / s))
+            out.append(o)
+            before.append(max((o - 1) * s + k - size, 0) // 2)
+    y = np.zeros((n, *out, c))
+    for b in range(n):
+        for o in itertools.product(*[range(v) for v in out]):
+            for ch in range(c):
+                vals = []
+                for cell in itertools.product(*[range(k) for k in pool]):
+                    pos = [oi * s - p + ci for oi, s, p, ci in zip(o, strides, before, cell)]
+                    if all(0 <= q < size for q, size in zip(pos, spatial)):
+                        vals.append(float(x[(b, *pos, ch)]))
+                y[(b, *o, ch)] = max(vals) if op == "max" else sum(vals) / len(vals)
+    return np.moveaxis(y, -1, 1) if data_format == "channels_first" else y
+
+
+CONFIGS = [
+    # rank, input spatial, pool, strides
+    (1, (11,), (3,), (2,)),
+    (1, (8,), (2,), (2,)),
+    (1, (7,), (4,), (1,)),
+    (2, (7, 6), (2, 2), (2, 2)),
+    (2, (7, 8), (3, 2), (2, 3)),
+    (2, (5, 5), (5, 1), (1, 2)),
+    (3, (5, 4, 6), (2, 3, 2), (2, 1, 3)),
+    (3, (3, 3, 4), (2, 2, 2), (1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("op", ["max", "avg"])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("rank,spatial,pool,strides", CONFIGS)
+def test_forward_matches_direct_loops(op, padding, data_format, rank, spatial, pool, strides):
+    shape = (2, *spatial, 3) if data_format == "channels_last" else (2, 3, *spatial)
+    x = rng.standard_normal(shape)
+    fn = pooling.max_pool_forward if op == "max" else pooling.avg_pool_forward
+    y = fn(x, pool, strides, padding, data_format)
+    assert_close(y, direct_pool(x, op, pool, strides, padding, data_format))
+
+
+def numerical_grad(f, x, dy, eps=1e-6):
+    g = np.zeros_like(x)
+    for i in np.ndindex(*x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += eps
+        xm[i] -= eps
+        g[i] = np.sum((f(xp) - f(xm)) * dy) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("op", ["max", "avg"])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("rank,spatial,pool,strides", [CONFIGS[0], CONFIGS[4], CONFIGS[6]])
+def test_backward_matches_numerical_gradient(op, padding, data_format, rank, spatial, pool, strides):
+    shape = (1, *spatial, 2) if data_format == "channels_last" else (1, 2, *spatial)
+    x = rng.standard_normal(shape)
+    args = (pool, strides, padding, data_format)
+    fwd = pooling.max_pool_forward if op == "max" else pooling.avg_pool_forward
+    y = fwd(x, *args)
+    dy = rng.standard_normal(y.shape)
+    dx = pooling.max_pool_backward(x, dy, *args) if op == "max" else pooling.avg_pool_backward(x.shape, dy, *args)
+    assert_close(dx, numerical_grad(lambda v: fwd(v, *args), x, dy), np.float32)  # central differences: ~1e-9
+
+
+@pytest.mark.parametrize("op", ["max", "avg"])
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_global_pooling_against_direct_formula_and_gradient(op, rank, data_format, keepdims):
+    spatial = (5, 4, 3)[:rank]
+    shape = (2, *spatial, 3) if data_format == "channels_last" else (2, 3, *spatial)
+    x = rng.standard_normal(shape)
+    y = pooling.global_pool_forward(x, op, data_format, keepdims)
+    cl = np.moveaxis(x, 1, -1) if data_format == "channels_first" else x
+    flat = cl.reshape(2, -1, 3)
+    expected = np.array([[max(flat[b, :, c]) if op == "max" else sum(flat[b, :, c]) / flat.shape[1]
+                          for c in range(3)] for b in range(2)])
+    if keepdims:
+        ones = (1,) * rank
+        expected = expected.reshape((2, 3, *ones) if data_format == "channels_first" else (2, *ones, 3))
+    assert_close(y, expected)
+    dy = rng.standard_normal(y.shape)
+    dx = pooling.global_pool_backward(x, dy, op, data_format)
+    assert_close(dx, numerical_grad(lambda v: pooling.global_pool_forward(v, op, data_format, keepdims), x, dy),
+                 np.float32)
+
+
+@pytest.mark.parametrize("in_size,pool,stride,padding,out,pad_before", [
+    (7, 3, 2, "same", 4, 1),    # pad_total = 3*2 + 3 - 7 = 2
+    (8, 3, 2, "same", 4, 0),    # pad_total = 1: all of it after
+    (6, 2, 2, "same", 3, 0),
+    (5, 4, 1, "same", 5, 1),    # pad_total = 3
+    (5, 1, 3, "same", 2, 0),    # pad_total clipped at 0
+    (7, 3, 2, "valid", 3, 0),
+    (8, 8, 1, "valid", 1, 0),
+])
+def test_output_size_formulas(in_size, pool, stride, padding, out, pad_before):
+    assert pooling.pool_geometry((in_size,), (pool,), (stride,), padding) == ((out,), (pad_before,))
+
+
+def test_same_padding_average_excludes_padded_cells():
+    x = np.arange(1.0, 6.0).reshape(1, 5, 1)  # [1 2 3 4 5], pool 2 stride 2 same: pads 1 after
+    y = gl.AveragePooling1D(pool_size=2, padding="same")(x)
+    assert_close(y, np.array([1.5, 3.5, 5.0]).reshape(1, 3, 1))
+
+
+def test_max_pooling_first_maximum_wins_and_nan_propagates():
+    x = np.array([[1.0, 3.0, 3.0, 0.0, np.nan, 2.0, 5.0, np.nan]]).reshape(1, 8, 1)
+    layer = gl.MaxPooling1D(pool_size=4)
+    y = layer(x)
+    assert y[0, 0, 0] == 3.0 and np.isnan(y[0, 1, 0])
+    dx = layer.backward(np.array([10.0, 20.0]).reshape(1, 2, 1))
+    assert_close(dx.ravel(), np.array([0, 10.0, 0, 0, 20.0, 0, 0, 0]))
+
+
+def test_float16_global_average_of_ones_is_exactly_one():
+    x = np.ones((2, 64, 64, 3), np.float16)
+    y = gl.GlobalAveragePooling2D()(x)
+    assert y.dtype == np.float16 and np.all(y == 1)
+
+
+def test_output_dtype_equals_input_dtype_and_noncontiguous_input():
+    x = rng.standard_normal((3, 10, 12, 4)).astype(np.float16)[:, ::-1, ::2]
+    y = gl.MaxPooling2D()(x)
+    assert y.dtype == np.float16
+    assert_close(y, pooling.max_pool_forward(np.ascontiguousarray(x), (2, 2), (2, 2)))
