@@ -12,7 +12,6 @@ import contextlib
 import functools
 import hashlib
 import os
-import re
 import threading
 from pathlib import Path
 
@@ -232,6 +231,41 @@ def launch(source: str, template: str, dtype, grid, block, args, shared_mem: int
         module.launch(name, grid, block, args, shared_mem)
 
 
+class _Snippet:
+    """A CuPy ElementwiseKernel/ReductionKernel definition, runnable on the GPU or the simulator."""
+
+    def __init__(self, kind: str, args: tuple, kwargs: dict):
+        self.kind, self.args, self.kwargs = kind, args, kwargs
+        self._gpu = self._sim = None
+
+    def __call__(self, *arrays, **call_kwargs):
+        if any(is_gpu_array(a) for a in arrays):
+            if self._gpu is None:
+                cls = _cupy.ElementwiseKernel if self.kind == "elementwise" else _cupy.ReductionKernel
+                self._gpu = cls(*self.args, **self.kwargs)
+            return self._gpu(*arrays, **call_kwargs)
+        if self._sim is None:
+            from .simulator import elementwise
+
+            cls = elementwise.ElementwiseKernel if self.kind == "elementwise" else elementwise.ReductionKernel
+            self._sim = cls(*self.args, **self.kwargs)
+        return self._sim(*arrays, **call_kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def elementwise_kernel(in_params: str, out_params: str, operation: str, name: str, preamble: str = ""):
+    """A ``cupy.ElementwiseKernel`` (same arguments) that also runs on the simulator."""
+    return _Snippet("elementwise", (in_params, out_params, operation, name), {"preamble": preamble})
+
+
+@functools.lru_cache(maxsize=None)
+def reduction_kernel(in_params: str, out_params: str, map_expr: str, reduce_expr: str, post_map_expr: str,
+                     identity: str, name: str, reduce_type: str | None = None, preamble: str = ""):
+    """A ``cupy.ReductionKernel`` (same arguments) that also runs on the simulator."""
+    return _Snippet("reduction", (in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name),
+                    {"reduce_type": reduce_type, "preamble": preamble})
+
+
 def nvtx_range(name: str):
     """An NVTX range (shown on Nsight timelines) when the nvtx package is present."""
     if _nvtx is None:
@@ -254,5 +288,3 @@ def grid_1d(total: int, block: int = 256) -> int:
     """Blocks for a grid-stride loop over ``total`` items (at most 2^31 - 1 blocks)."""
     return max(1, min(ceil_div(total, block), 2**31 - 1))
 
-
-TEMPLATE_ARG = re.compile(r"\{T\}")

@@ -75,30 +75,32 @@ def translation_unit(cu_path: Path, names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _digest(cu_path: Path, tu: str, cxx: str) -> str:
-    h = hashlib.sha256(tu.encode())
-    for path in sorted(INCLUDE.glob("*")) + sorted(cu_path.parent.glob("*.cuh")) + [cu_path]:
-        h.update(path.name.encode() + path.read_bytes())
-    h.update(_compiler_version(cxx).encode() + " ".join(CXXFLAGS).encode())
-    return h.hexdigest()[:20]
-
-
 def build(cu_path: Path, names: list[str], cache: Path) -> Path:
     """Compile (or find in the cache) the simulator library for ``cu_path``'s kernels."""
+    return build_source(translation_unit(cu_path, names), cu_path.stem, cache,
+                        extra=sorted(cu_path.parent.glob("*.cuh")) + [cu_path], include=cu_path.parent)
+
+
+def build_source(tu: str, stem: str, cache: Path, extra=(), include=None) -> Path:
+    """Compile C++ source ``tu`` into a cached shared library (keyed by every input)."""
     cxx = compiler()
-    tu = translation_unit(cu_path, names)
-    lib = cache / "sim" / f"{cu_path.stem}-{_digest(cu_path, tu, cxx)}.so"
+    h = hashlib.sha256(tu.encode())
+    for path in sorted(INCLUDE.glob("*")) + list(extra):
+        h.update(path.name.encode() + path.read_bytes())
+    h.update(_compiler_version(cxx).encode() + " ".join(CXXFLAGS).encode())
+    lib = cache / "sim" / f"{stem}-{h.hexdigest()[:20]}.so"
     if lib.is_file():
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
-        src = Path(tmp) / f"{cu_path.stem}_sim.cpp"
+        src = Path(tmp) / f"{stem}_sim.cpp"
         src.write_text(tu)
         out = Path(tmp) / lib.name
-        cmd = [cxx, *CXXFLAGS, f"-I{INCLUDE}", f"-I{cu_path.parent}", str(src), "-o", str(out)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        includes = [f"-I{INCLUDE}"] + ([f"-I{include}"] if include else [])
+        proc = subprocess.run([cxx, *CXXFLAGS, *includes, str(src), "-o", str(out)],
+                              capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"gpulayers simulator: compiling {cu_path.name} failed:\n{proc.stderr[-8000:]}")
+            raise RuntimeError(f"gpulayers simulator: compiling {stem} failed:\n{proc.stderr[-8000:]}")
         os.replace(out, lib)
     return lib
 

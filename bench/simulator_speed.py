@@ -1,0 +1,44 @@
+"""How fast the CPU kernel simulator runs kernels (issue target: a million threads without
+barriers in under a second, with a few barriers per thread in under five).
+
+    python bench/simulator_speed.py
+
+Times are printed, never asserted in tests.
+"""
+import time
+
+import numpy as np
+
+from gpulayers import kernels
+from gpulayers.layers import pooling  # noqa: F401  (declares the pooling kernels)
+
+
+def timed(fn, repeat=3):
+    fn()  # compile / warm the cache
+    best = np.inf
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main():
+    x = np.random.default_rng(0).standard_normal((1, 1024, 1024, 1)).astype(np.float32)
+    y = np.empty_like(x)
+    geom = [np.int32(v) for v in (1, 1, 1, 1024, 1024, 1, 1024, 1024, 1, 1, 1, 1, 1, 1, 0, 0, 0)]
+    no_barrier = timed(lambda: kernels.launch("pooling.cu", "avg_pool_forward<{T}, true>", np.float32,
+                                              4096, 256, (x, y, *geom)))
+    rows = x.reshape(4096, 256)
+    out = np.empty(4096, np.float32)
+    # block_reduce: two barriers plus five warp shuffles per thread, then a third barrier
+    barriers = timed(lambda: kernels.launch("pooling.cu", "global_pool_forward_rows<{T}, false>", np.float32,
+                                            4096, 256, (rows, out, np.int64(4096), np.int64(256))))
+    print(f"{'case':52} {'threads':>9} {'seconds':>8}")
+    print(f"{'avg_pool_forward (no barriers)':52} {1 << 20:9d} {no_barrier:8.3f}")
+    print(f"{'global_pool_forward_rows (3 barriers, 10 shuffles)':52} {1 << 20:9d} {barriers:8.3f}")
+
+
+if __name__ == "__main__":
+    with kernels.simulate():
+        main()
