@@ -107,6 +107,21 @@ __device__ __forceinline__ void covering(int i, int pad, int k, int s, int out, 
     hi = min((i + pad) / s, out - 1);
 }
 
+// Coordinates of input element i and the ranges of outputs whose windows cover it.
+struct Covering {
+    int n, c, d, h, w;
+    int dlo, dhi, hlo, hhi, wlo, whi;
+};
+template <bool CL>
+__device__ __forceinline__ Covering covering_outputs(index_t i, const PoolGeom& g) {
+    Covering v;
+    split5<CL>(i, g.C, g.D, g.H, g.W, v.n, v.c, v.d, v.h, v.w);
+    covering(v.d, g.PD, g.KD, g.SD, g.OD, v.dlo, v.dhi);
+    covering(v.h, g.PH, g.KH, g.SH, g.OH, v.hlo, v.hhi);
+    covering(v.w, g.PW, g.KW, g.SW, g.OW, v.wlo, v.whi);
+    return v;
+}
+
 // y[o] = max of window o; argmax[o] = its window offset when save_argmax != 0.
 // One thread per output element, o in [0, N*C*OD*OH*OW).
 template <typename T, bool CL>
@@ -135,25 +150,20 @@ __global__ void max_pool_backward(const T* __restrict__ x, const unsigned char* 
     const PoolGeom g = POOL_GEOM_ARGS;
     const index_t total = (index_t)g.N * g.C * g.D * g.H * g.W;
     for (index_t i = gl::global_thread_index(); i < total; i += gl::grid_stride()) {
-        int n, c, d, h, w;
-        split5<CL>(i, g.C, g.D, g.H, g.W, n, c, d, h, w);
-        int dlo, dhi, hlo, hhi, wlo, whi;
-        covering(d, g.PD, g.KD, g.SD, g.OD, dlo, dhi);
-        covering(h, g.PH, g.KH, g.SH, g.OH, hlo, hhi);
-        covering(w, g.PW, g.KW, g.SW, g.OW, wlo, whi);
+        const Covering v = covering_outputs<CL>(i, g);
         typename gl::Acc<T>::type acc = 0;
-        for (int od = dlo; od <= dhi; ++od) {
-            for (int oh = hlo; oh <= hhi; ++oh) {
-                for (int ow = wlo; ow <= whi; ++ow) {
-                    const int mine = ((d - (od * g.SD - g.PD)) * g.KH + (h - (oh * g.SH - g.PH))) * g.KW +
-                                     (w - (ow * g.SW - g.PW));
-                    const index_t o = offset5<CL>(n, c, od, oh, ow, g.C, g.OD, g.OH, g.OW);
+        for (int od = v.dlo; od <= v.dhi; ++od) {
+            for (int oh = v.hlo; oh <= v.hhi; ++oh) {
+                for (int ow = v.wlo; ow <= v.whi; ++ow) {
+                    const int mine = ((v.d - (od * g.SD - g.PD)) * g.KH + (v.h - (oh * g.SH - g.PH))) * g.KW +
+                                     (v.w - (ow * g.SW - g.PW));
+                    const index_t o = offset5<CL>(v.n, v.c, od, oh, ow, g.C, g.OD, g.OH, g.OW);
                     int winner;
                     if (save_argmax) {
                         winner = argmax[o];
                     } else {
                         typename gl::Acc<T>::type best = 0;
-                        winner = window_argmax<T, CL>(x, g, n, c, od, oh, ow, best);
+                        winner = window_argmax<T, CL>(x, g, v.n, v.c, od, oh, ow, best);
                     }
                     if (winner == mine) acc += gl::to_acc(dy[o]);
                 }
@@ -187,17 +197,12 @@ __global__ void avg_pool_backward(const T* __restrict__ dy, T* __restrict__ dx, 
     const PoolGeom g = POOL_GEOM_ARGS;
     const index_t total = (index_t)g.N * g.C * g.D * g.H * g.W;
     for (index_t i = gl::global_thread_index(); i < total; i += gl::grid_stride()) {
-        int n, c, d, h, w;
-        split5<CL>(i, g.C, g.D, g.H, g.W, n, c, d, h, w);
-        int dlo, dhi, hlo, hhi, wlo, whi;
-        covering(d, g.PD, g.KD, g.SD, g.OD, dlo, dhi);
-        covering(h, g.PH, g.KH, g.SH, g.OH, hlo, hhi);
-        covering(w, g.PW, g.KW, g.SW, g.OW, wlo, whi);
+        const Covering v = covering_outputs<CL>(i, g);
         typename gl::Acc<T>::type acc = 0;
-        for (int od = dlo; od <= dhi; ++od)
-            for (int oh = hlo; oh <= hhi; ++oh)
-                for (int ow = wlo; ow <= whi; ++ow)
-                    acc += gl::to_acc(dy[offset5<CL>(n, c, od, oh, ow, g.C, g.OD, g.OH, g.OW)]) /
+        for (int od = v.dlo; od <= v.dhi; ++od)
+            for (int oh = v.hlo; oh <= v.hhi; ++oh)
+                for (int ow = v.wlo; ow <= v.whi; ++ow)
+                    acc += gl::to_acc(dy[offset5<CL>(v.n, v.c, od, oh, ow, g.C, g.OD, g.OH, g.OW)]) /
                            window_count(g, od, oh, ow);
         dx[i] = gl::from_acc<T>(acc);
     }
@@ -205,6 +210,21 @@ __global__ void avg_pool_backward(const T* __restrict__ dy, T* __restrict__ dx, 
 
 // ---------------------------------------------------------------------------------------
 // Global pooling over L spatial positions. Rows are (n, c) pairs, rows in [0, N*C).
+
+// First maximum of a contiguous row of length L, reduced over the block (every thread
+// receives it). Threads read the row with stride blockDim.x: coalesced.
+template <typename T>
+__device__ __forceinline__ gl::ArgMax<typename gl::Acc<T>::type> row_argmax(
+    const T* __restrict__ row, index_t L, gl::ArgMax<typename gl::Acc<T>::type>* scratch) {
+    typedef typename gl::Acc<T>::type A;
+    gl::ArgMax<A> m = {0, -1};
+    for (index_t j = threadIdx.x; j < L; j += blockDim.x) {
+        const gl::ArgMax<A> v = {gl::to_acc(row[j]), j};
+        m = gl::argmax_combine(m, v);
+    }
+    const gl::ArgMax<A> none = {0, -1};
+    return gl::block_reduce(m, gl::ArgMaxOp(), scratch, none);
+}
 
 // channels_first forward: one block per row (blockIdx.x = row, grid-stride over rows);
 // the block's threads read the contiguous row with stride blockDim.x and reduce.
@@ -218,13 +238,7 @@ __global__ void global_pool_forward_rows(const T* __restrict__ x, T* __restrict_
     for (index_t r = blockIdx.x; r < rows; r += gridDim.x) {
         const T* row = x + r * L;
         if (IS_MAX) {
-            gl::ArgMax<A> m = {0, -1};
-            for (index_t j = threadIdx.x; j < L; j += blockDim.x) {
-                gl::ArgMax<A> v = {gl::to_acc(row[j]), j};
-                m = gl::argmax_combine(m, v);
-            }
-            const gl::ArgMax<A> none = {0, -1};
-            m = gl::block_reduce(m, gl::ArgMaxOp(), max_scratch, none);
+            const gl::ArgMax<A> m = row_argmax(row, L, max_scratch);
             if (threadIdx.x == 0) y[r] = gl::from_acc<T>(m.value);
         } else {
             A s = 0;
@@ -243,14 +257,7 @@ __global__ void global_max_backward_rows(const T* __restrict__ x, const T* __res
     typedef typename gl::Acc<T>::type A;
     __shared__ gl::ArgMax<A> max_scratch[32];
     for (index_t r = blockIdx.x; r < rows; r += gridDim.x) {
-        const T* row = x + r * L;
-        gl::ArgMax<A> m = {0, -1};
-        for (index_t j = threadIdx.x; j < L; j += blockDim.x) {
-            gl::ArgMax<A> v = {gl::to_acc(row[j]), j};
-            m = gl::argmax_combine(m, v);
-        }
-        const gl::ArgMax<A> none = {0, -1};
-        m = gl::block_reduce(m, gl::ArgMaxOp(), max_scratch, none);
+        const gl::ArgMax<A> m = row_argmax(x + r * L, L, max_scratch);
         const T g = dy[r];
         const T zero = gl::from_acc<T>(A(0));
         for (index_t j = threadIdx.x; j < L; j += blockDim.x) dx[r * L + j] = (j == m.index) ? g : zero;

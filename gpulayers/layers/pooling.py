@@ -218,58 +218,56 @@ def _cl(data_format):
     return "true" if data_format == "channels_last" else "false"
 
 
+def _kernel_geometry(x_shape, pool_size, strides, padding, data_format):
+    """(output shape, the 17 geometry arguments) of a windowed pooling kernel."""
+    spatial = x_shape[2:] if data_format == "channels_first" else x_shape[1:-1]
+    out, pads = pool_geometry(spatial, pool_size, strides, padding)
+    y_shape = (x_shape[0], x_shape[1], *out) if data_format == "channels_first" else (x_shape[0], *out, x_shape[-1])
+    return y_shape, _geometry_args(x_shape, data_format, pool_size, strides, out, pads)
+
+
 def max_pool_forward_kernel(x, pool_size, strides, padding, data_format):
     """Kernel path of max pooling: (y, one-byte window argmax or None when recomputed)."""
     xp = kernels.array_module(x)
     x = xp.ascontiguousarray(x)
-    spatial = x.shape[2:] if data_format == "channels_first" else x.shape[1:-1]
-    out, pads = pool_geometry(spatial, pool_size, strides, padding)
-    y_shape = (x.shape[0], x.shape[1], *out) if data_format == "channels_first" else (x.shape[0], *out, x.shape[-1])
+    y_shape, geom = _kernel_geometry(x.shape, pool_size, strides, padding, data_format)
     y = xp.empty(y_shape, x.dtype)
     save = int(np.prod(pool_size)) <= MAX_SAVED_WINDOW
     argmax = xp.empty(y_shape if save else (1,), np.uint8)
     kernels.launch(SOURCE, f"max_pool_forward<{{T}}, {_cl(data_format)}>", x.dtype,
-                   kernels.grid_1d(y.size, BLOCK), BLOCK,
-                   (x, y, argmax, np.int32(save), *_geometry_args(x.shape, data_format, pool_size, strides, out, pads)))
+                   kernels.grid_1d(y.size, BLOCK), BLOCK, (x, y, argmax, np.int32(save), *geom))
     return y, (argmax if save else None)
 
 
 def max_pool_backward_kernel(x, argmax, dy, pool_size, strides, padding, data_format):
     xp = kernels.array_module(x)
     x, dy = xp.ascontiguousarray(x), xp.ascontiguousarray(dy)
-    spatial = x.shape[2:] if data_format == "channels_first" else x.shape[1:-1]
-    out, pads = pool_geometry(spatial, pool_size, strides, padding)
+    _, geom = _kernel_geometry(x.shape, pool_size, strides, padding, data_format)
     dx = xp.empty(x.shape, x.dtype)
     saved = argmax is not None
     kernels.launch(SOURCE, f"max_pool_backward<{{T}}, {_cl(data_format)}>", x.dtype,
                    kernels.grid_1d(x.size, BLOCK), BLOCK,
-                   (x, argmax if saved else xp.empty((1,), np.uint8), np.int32(saved), dy, dx,
-                    *_geometry_args(x.shape, data_format, pool_size, strides, out, pads)))
+                   (x, argmax if saved else xp.empty((1,), np.uint8), np.int32(saved), dy, dx, *geom))
     return dx
 
 
 def avg_pool_forward_kernel(x, pool_size, strides, padding, data_format):
     xp = kernels.array_module(x)
     x = xp.ascontiguousarray(x)
-    spatial = x.shape[2:] if data_format == "channels_first" else x.shape[1:-1]
-    out, pads = pool_geometry(spatial, pool_size, strides, padding)
-    y_shape = (x.shape[0], x.shape[1], *out) if data_format == "channels_first" else (x.shape[0], *out, x.shape[-1])
+    y_shape, geom = _kernel_geometry(x.shape, pool_size, strides, padding, data_format)
     y = xp.empty(y_shape, x.dtype)
     kernels.launch(SOURCE, f"avg_pool_forward<{{T}}, {_cl(data_format)}>", x.dtype,
-                   kernels.grid_1d(y.size, BLOCK), BLOCK,
-                   (x, y, *_geometry_args(x.shape, data_format, pool_size, strides, out, pads)))
+                   kernels.grid_1d(y.size, BLOCK), BLOCK, (x, y, *geom))
     return y
 
 
 def avg_pool_backward_kernel(x_shape, dy, pool_size, strides, padding, data_format):
     xp = kernels.array_module(dy)
     dy = xp.ascontiguousarray(dy)
-    spatial = x_shape[2:] if data_format == "channels_first" else x_shape[1:-1]
-    out, pads = pool_geometry(spatial, pool_size, strides, padding)
+    _, geom = _kernel_geometry(tuple(x_shape), pool_size, strides, padding, data_format)
     dx = xp.empty(x_shape, dy.dtype)
     kernels.launch(SOURCE, f"avg_pool_backward<{{T}}, {_cl(data_format)}>", dy.dtype,
-                   kernels.grid_1d(dx.size, BLOCK), BLOCK,
-                   (dy, dx, *_geometry_args(x_shape, data_format, pool_size, strides, out, pads)))
+                   kernels.grid_1d(dx.size, BLOCK), BLOCK, (dy, dx, *geom))
     return dx
 
 
