@@ -36,6 +36,31 @@ __device__ __forceinline__ index_t global_thread_index() {
 }
 __device__ __forceinline__ index_t grid_stride() { return (index_t)blockDim.x * gridDim.x; }
 
+// Tensors are viewed as 5-D (N, C, d_, h_, w_) with three spatial axes. channels_last
+// (CL = true) stores them as (N, d_, h_, w_, C), channels_first as (N, C, d_, h_, w_).
+// offset5: linear index of element (n, c, d, h, w); split5: its inverse.
+template <bool CL>
+__device__ __forceinline__ index_t offset5(int n, int c, int d, int h, int w, int C, int d_, int h_, int w_) {
+    return CL ? ((((index_t)n * d_ + d) * h_ + h) * w_ + w) * C + c
+              : ((((index_t)n * C + c) * d_ + d) * h_ + h) * w_ + w;
+}
+
+template <bool CL>
+__device__ __forceinline__ void split5(index_t i, int C, int d_, int h_, int w_, int& n, int& c, int& d,
+                                       int& h, int& w) {
+    if (CL) {
+        c = (int)(i % C); i /= C;
+        w = (int)(i % w_); i /= w_;
+        h = (int)(i % h_); i /= h_;
+        d = (int)(i % d_); n = (int)(i / d_);
+    } else {
+        w = (int)(i % w_); i /= w_;
+        h = (int)(i % h_); i /= h_;
+        d = (int)(i % d_); i /= d_;
+        c = (int)(i % C); n = (int)(i / C);
+    }
+}
+
 // "Is a greater than b" for max pooling: NaN counts as the maximum, and on ties the
 // earlier element (b, seen first) stays, so the first maximum in row-major order wins.
 template <typename A> __device__ __forceinline__ bool max_replaces(A a, A b) {

@@ -23,6 +23,8 @@
 #include "common.cuh"
 
 using gl::index_t;
+using gl::offset5;
+using gl::split5;
 
 struct PoolGeom {
     int N, C, D, H, W;        // input
@@ -36,31 +38,6 @@ struct PoolGeom {
     int N, int C, int D, int H, int W, int OD, int OH, int OW, int KD, int KH, int KW, \
         int SD, int SH, int SW, int PD, int PH, int PW
 #define POOL_GEOM_ARGS {N, C, D, H, W, OD, OH, OW, KD, KH, KW, SD, SH, SW, PD, PH, PW}
-
-// Offset of element (n, c, d, h, w) in a tensor of spatial size (d_, h_, w_).
-template <bool CL>
-__device__ __forceinline__ index_t offset5(int n, int c, int d, int h, int w, int C, int d_,
-                                           int h_, int w_) {
-    return CL ? ((((index_t)n * d_ + d) * h_ + h) * w_ + w) * C + c
-              : ((((index_t)n * C + c) * d_ + d) * h_ + h) * w_ + w;
-}
-
-// Split a linear index of a (N, C, d_, h_, w_) tensor in layout CL into its coordinates.
-template <bool CL>
-__device__ __forceinline__ void split5(index_t i, int C, int d_, int h_, int w_, int& n, int& c,
-                                       int& d, int& h, int& w) {
-    if (CL) {
-        c = (int)(i % C); i /= C;
-        w = (int)(i % w_); i /= w_;
-        h = (int)(i % h_); i /= h_;
-        d = (int)(i % d_); n = (int)(i / d_);
-    } else {
-        w = (int)(i % w_); i /= w_;
-        h = (int)(i % h_); i /= h_;
-        d = (int)(i % d_); i /= d_;
-        c = (int)(i % C); n = (int)(i / C);
-    }
-}
 
 // Window offset (row-major inside the window) of the first maximum of output
 // (n, c, od, oh, ow); the window always holds at least one real cell.

@@ -19,6 +19,7 @@ from .layers.pooling import (
     MaxPooling2D,
     MaxPooling3D,
 )
+from .layers.upsampling import UpSampling1D, UpSampling2D, UpSampling3D
 
 __version__ = "0.1.0"
 
@@ -28,4 +29,5 @@ __all__ = [
     "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
     "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
     "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+    "UpSampling1D", "UpSampling2D", "UpSampling3D",
 ]

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 
 from . import kernels, simulator, testing
-from .layers import pooling
+from .layers import pooling, upsampling
 
 DTYPES = (np.float32, np.float64, np.float16)
 
@@ -37,8 +37,22 @@ def pooling_cases():
         yield cls, dict(kw, data_format=fmt), shape
 
 
+def upsampling_cases():
+    yield upsampling.UpSampling1D, dict(size=3), (2, 97, 8)
+    for cls, kw, shape in [
+        (upsampling.UpSampling2D, dict(size=(2, 3)), (2, 9, 11, 8)),
+        (upsampling.UpSampling2D, dict(size=(2, 2), interpolation="bilinear"), (2, 9, 11, 6)),
+        (upsampling.UpSampling2D, dict(size=(3, 2), interpolation="bilinear"), (1, 7, 13, 5)),
+        (upsampling.UpSampling3D, dict(size=(2, 1, 3)), (2, 4, 5, 6, 4)),
+    ]:
+        for fmt in ("channels_last", "channels_first"):
+            yield cls, dict(kw, data_format=fmt), shape if fmt == "channels_last" else (
+                shape[0], shape[-1], *shape[1:-1])
+
+
 def cases():
     yield from pooling_cases()
+    yield from upsampling_cases()
 
 
 def path_name():

@@ -1,4 +1,4 @@
-"""Keras 3 as an oracle: outputs and input gradients of every pooling layer.
+"""Keras 3 as an oracle: outputs and input gradients of the pooling and upsampling layers.
 
 Runs where Keras 3 is installed with the jax (preferred: its pooling is TF's) or torch
 backend: the `oracle` extra, which CI installs. The NumPy reference is also checked against
@@ -54,26 +54,42 @@ CASES = [
     ("GlobalMaxPooling2D", dict(keepdims=True), (2, 8, 7, 3)),
     ("GlobalAveragePooling1D", dict(), (2, 11, 3)),
     ("GlobalAveragePooling3D", dict(), (1, 5, 6, 7, 2)),
+    ("UpSampling2D", dict(size=(2, 3)), (2, 5, 4, 3)),
+    ("UpSampling2D", dict(size=(2, 2), interpolation="bilinear"), (2, 5, 4, 3)),
+    ("UpSampling2D", dict(size=(3, 2), interpolation="bilinear"), (2, 5, 4, 3)),
+    ("UpSampling2D", dict(size=(1, 4), interpolation="bilinear"), (2, 3, 5, 2)),
+    ("UpSampling3D", dict(size=(2, 1, 3)), (1, 3, 4, 2, 2)),
 ]
+CASES_1D = [("UpSampling1D", dict(size=3), (2, 7, 4))]
+
+
+def check_against_keras(name, kw, x):
+    """Our reference and our simulated kernels against Keras, output and input gradient."""
+    theirs = getattr(keras.layers, name)(dtype="float64", **kw)
+    y_k, dx_k, dy = keras_forward_backward(theirs, x, rng.standard_normal)
+    # keras.ops.mean computes float64 means with float32 precision: compare those as float32.
+    tol = np.float32 if name.startswith("GlobalAverage") else None
+    ours = getattr(gl, name)(**kw)
+    assert_close(ours(x), y_k, tol, what=f"{name} output vs Keras")
+    assert_close(ours.backward(dy), dx_k, tol, what=f"{name} gradient vs Keras")
+    with gl.simulate():
+        sim_layer = getattr(gl, name)(**kw)
+        assert_close(sim_layer(x), y_k, tol, what=f"{name} kernel output vs Keras")
+        assert_close(sim_layer.backward(dy), dx_k, tol, what=f"{name} kernel gradient vs Keras")
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("name,kw,shape", CASES)
 def test_matches_keras(name, kw, shape, data_format):
+    if BACKEND == "torch" and (name.startswith("Average") and kw.get("padding") == "same"
+                               or kw.get("interpolation") == "bilinear"):
+        pytest.skip("Keras's torch backend differs from its TF/jax semantics here (replicated "
+                    "edges in asymmetric 'same' average pooling; torch's bilinear resize)")
     if data_format == "channels_first":
         shape = (shape[0], shape[-1], *shape[1:-1])
-    if BACKEND == "torch" and name.startswith("Average") and kw.get("padding") == "same":
-        pytest.skip("Keras's torch backend pads asymmetric 'same' average pooling by replicating "
-                    "edges; Keras's reference semantics (TF, jax) divide by the real cells")
-    x = rng.standard_normal(shape)
-    theirs = getattr(keras.layers, name)(data_format=data_format, dtype="float64", **kw)
-    y_k, dx_k, dy = keras_forward_backward(theirs, x, rng.standard_normal)
-    # keras.ops.mean computes float64 means with float32 precision: compare those as float32.
-    tol = np.float32 if name.startswith("GlobalAverage") else None
-    ours = getattr(gl, name)(data_format=data_format, **kw)
-    assert_close(ours(x), y_k, tol, what=f"{name} output vs Keras")
-    assert_close(ours.backward(dy), dx_k, tol, what=f"{name} gradient vs Keras")
-    with gl.simulate():
-        sim_layer = getattr(gl, name)(data_format=data_format, **kw)
-        assert_close(sim_layer(x), y_k, tol, what=f"{name} kernel output vs Keras")
-        assert_close(sim_layer.backward(dy), dx_k, tol, what=f"{name} kernel gradient vs Keras")
+    check_against_keras(name, dict(kw, data_format=data_format), rng.standard_normal(shape))
+
+
+@pytest.mark.parametrize("name,kw,shape", CASES_1D)
+def test_matches_keras_without_data_format(name, kw, shape):
+    check_against_keras(name, kw, rng.standard_normal(shape))
