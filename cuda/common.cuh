@@ -82,6 +82,30 @@ __device__ __forceinline__ ArgMax<A> argmax_combine(ArgMax<A> a, ArgMax<A> b) {
     return (b.index < a.index) ? b : a;  // equal values, or both NaN
 }
 
+// Running mean and sum of squared deviations (Welford); n counts elements. Combining two
+// states is Chan et al.'s parallel formula, so partial results merge in any fixed order.
+template <typename A> struct Welford {
+    A n, mean, m2;
+};
+template <typename A> __device__ __forceinline__ void welford_add(Welford<A>& s, A x) {
+    s.n += (A)1;
+    const A d = x - s.mean;
+    s.mean += d / s.n;
+    s.m2 += d * (x - s.mean);
+}
+template <typename A>
+__device__ __forceinline__ Welford<A> welford_combine(Welford<A> a, Welford<A> b) {
+    if (b.n == (A)0) return a;
+    if (a.n == (A)0) return b;
+    Welford<A> r;
+    r.n = a.n + b.n;
+    const A d = b.mean - a.mean;
+    const A wb = b.n / r.n;
+    r.mean = a.mean + d * wb;
+    r.m2 = a.m2 + b.m2 + d * d * a.n * wb;
+    return r;
+}
+
 struct SumOp {
     template <typename A> __device__ __forceinline__ A operator()(A a, A b) const { return a + b; }
 };
@@ -103,6 +127,38 @@ __device__ __forceinline__ ArgMax<A> shfl_down(ArgMax<A> v, int delta) {
 }
 
 // Tree reduction over the 32 lanes of a warp; lane 0 ends with the result.
+struct WelfordOp {
+    template <typename A>
+    __device__ __forceinline__ Welford<A> operator()(Welford<A> a, Welford<A> b) const {
+        return welford_combine(a, b);
+    }
+};
+template <typename A>
+__device__ __forceinline__ Welford<A> shfl_down(Welford<A> v, int delta) {
+    Welford<A> r;
+    r.n = __shfl_down_sync(0xffffffffu, v.n, delta);
+    r.mean = __shfl_down_sync(0xffffffffu, v.mean, delta);
+    r.m2 = __shfl_down_sync(0xffffffffu, v.m2, delta);
+    return r;
+}
+
+// A pair of sums, reduced together.
+template <typename A> struct Sum2 {
+    A a, b;
+};
+struct Sum2Op {
+    template <typename A> __device__ __forceinline__ Sum2<A> operator()(Sum2<A> x, Sum2<A> y) const {
+        Sum2<A> r = {x.a + y.a, x.b + y.b};
+        return r;
+    }
+};
+template <typename A> __device__ __forceinline__ Sum2<A> shfl_down(Sum2<A> v, int delta) {
+    Sum2<A> r;
+    r.a = __shfl_down_sync(0xffffffffu, v.a, delta);
+    r.b = __shfl_down_sync(0xffffffffu, v.b, delta);
+    return r;
+}
+
 template <typename V, typename Op>
 __device__ __forceinline__ V warp_reduce(V v, Op op) {
     for (int delta = 16; delta > 0; delta >>= 1) v = op(v, shfl_down(v, delta));

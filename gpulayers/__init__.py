@@ -5,6 +5,7 @@ NumPy inside ``with gpulayers.simulate():`` runs the same kernels on the CPU sim
 """
 from .kernels import gpu_available, simulate
 from .layers.base import Layer
+from .layers.normalization import BatchNormalization
 from .layers.pooling import (
     AveragePooling1D,
     AveragePooling2D,
@@ -24,7 +25,7 @@ from .layers.upsampling import UpSampling1D, UpSampling2D, UpSampling3D
 __version__ = "0.1.0"
 
 __all__ = [
-    "Layer", "simulate", "gpu_available",
+    "Layer", "simulate", "gpu_available", "BatchNormalization",
     "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
     "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
     "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",

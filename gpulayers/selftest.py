@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 
 from . import kernels, simulator, testing
-from .layers import pooling, upsampling
+from .layers import normalization, pooling, upsampling
 
 DTYPES = (np.float32, np.float64, np.float16)
 
@@ -50,9 +50,17 @@ def upsampling_cases():
                 shape[0], shape[-1], *shape[1:-1])
 
 
+def batchnorm_cases():
+    for axis, shape in [(-1, (4, 9, 11, 37)), (1, (3, 37, 9, 11)), ([1, 3], (3, 5, 4, 6)), (0, (300, 3))]:
+        for training in (True, False):
+            yield normalization.BatchNormalization, dict(axis=axis), shape, dict(training=training)
+
+
 def cases():
+    """(layer class, constructor kwargs, input shape[, call kwargs])."""
     yield from pooling_cases()
     yield from upsampling_cases()
+    yield from batchnorm_cases()
 
 
 def path_name():
@@ -77,18 +85,19 @@ def run(out=print, seed=0) -> int:
     else:
         out("no GPU and no C++ compiler: kernels were NOT executed; checking the NumPy path and "
             "NVRTC compilation only")
-    header = f"{'layer':24} {'config':58} {'dtype':8} {'path':10} {'pass':8} {'max abs':>10} {'max rel':>10}  ok"
+    header = f"{'layer':24} {'config':58} {'dtype':8} {'path':10} {'pass':9} {'max abs':>10} {'max rel':>10}  ok"
     out(header)
     out("-" * len(header))
     failures = 0
-    for cls, kw, shape in cases():
+    for cls, kw, shape, *call in cases():
+        call_kw = call[0] if call else {}
         for dtype in DTYPES:
             x = rng.standard_normal(shape).astype(dtype)
             ref_layer = cls(**kw)
-            y_ref = ref_layer(x)
+            y_ref = ref_layer(x, **call_kw)
             dy = rng.standard_normal(y_ref.shape).astype(dtype)
             dx_ref = ref_layer.backward(dy)
-            config = ", ".join(f"{k}={v}" for k, v in kw.items()) + f", x={shape}"
+            config = ", ".join(f"{k}={v}" for k, v in {**kw, **call_kw}.items()) + f", x={shape}"
             config = config.replace("data_format=", "").replace("channels_", "")
             if path is None:
                 rows = [("forward", *testing.compare(y_ref, y_ref)[:3])]
@@ -96,18 +105,22 @@ def run(out=print, seed=0) -> int:
                 layer = cls(**kw)
                 if path == "gpu":
                     cp = kernels.cupy_module()
-                    y = layer(cp.asarray(x))
+                    y = layer(cp.asarray(x), **call_kw)
                     dx = layer.backward(cp.asarray(dy))
                 else:
                     with kernels.simulate():
-                        y = layer(x)
+                        y = layer(x, **call_kw)
                         dx = layer.backward(dy)
                 rows = [("forward", *testing.compare(y, y_ref)[:3]),
                         ("backward", *testing.compare(dx, dx_ref)[:3])]
+                # weight gradients: float16 inputs keep float32 weights, compared as float32
+                wtol = np.float32 if np.dtype(dtype) == np.float16 else None
+                rows += [(f"d {k}", *testing.compare(layer.grads[k], ref_layer.grads[k], wtol)[:3])
+                         for k in sorted(ref_layer.grads)]
             for name, ok, max_abs, max_rel in rows:
                 failures += not ok
                 out(f"{cls.__name__:24} {config[:58]:58} {np.dtype(dtype).name:8} {path or 'numpy':10} "
-                    f"{name:8} {max_abs:10.2e} {max_rel:10.2e}  {'ok' if ok else 'MISMATCH'}")
+                    f"{name:9} {max_abs:10.2e} {max_rel:10.2e}  {'ok' if ok else 'MISMATCH'}")
     if path is None:
         for source in kernels.declared():
             for dtype in DTYPES:

@@ -93,3 +93,62 @@ def test_matches_keras(name, kw, shape, data_format):
 @pytest.mark.parametrize("name,kw,shape", CASES_1D)
 def test_matches_keras_without_data_format(name, kw, shape):
     check_against_keras(name, kw, rng.standard_normal(shape))
+
+
+def keras_batchnorm(layer, x, training, dy_fn):
+    """(y, dx, d gamma, d beta, new moving mean, new moving variance, dy) from Keras (jax)."""
+    import jax
+
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+
+    def f(tv, xv):
+        y, new_nt = layer.stateless_call(tv, non_trainable, xv, training=training)
+        return y, new_nt
+
+    (y, new_nt), vjp = jax.vjp(f, trainable, x)
+    dy = dy_fn(y.shape)
+    dtv, dx = vjp((dy, [np.zeros_like(v) for v in new_nt]))
+    grads = {v.name: np.asarray(g) for v, g in zip(layer.trainable_variables, dtv)}
+    return np.asarray(y), np.asarray(dx), grads, [np.asarray(v) for v in new_nt], dy
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("axis,shape,center,scale", [
+    (-1, (4, 5, 3, 6), True, True),
+    (1, (3, 4, 5, 2), True, True),
+    (2, (3, 4, 5, 2), False, True),  # (Keras 3 takes one int axis; lists are checked elsewhere)
+    (0, (7, 3), True, False),
+])
+def test_batch_normalization_matches_keras(axis, shape, center, scale, training):
+    if BACKEND != "jax":
+        pytest.skip("the BatchNormalization oracle uses jax's functional stateless_call")
+    x = rng.standard_normal(shape) * 2 + 0.5
+    kw = dict(axis=axis, momentum=0.9, epsilon=1e-3, center=center, scale=scale)
+    theirs = getattr(keras.layers, "BatchNormalization")(dtype="float64", **kw)
+    theirs.build(shape)
+    # non-trivial weights and moving statistics, set through Keras's own get/set_weights order
+    weights = [rng.standard_normal(w.shape) * 0.5 + (1.0 if i % 2 == 0 else 0.0)
+               for i, w in enumerate(theirs.get_weights())]
+    weights[-1] = np.abs(weights[-1]) + 0.5  # moving variance > 0
+    theirs.set_weights(weights)
+    y_k, dx_k, grads_k, moving_k, dy = keras_batchnorm(theirs, x, training, rng.standard_normal)
+    # Keras's moments go through keras.ops.mean, float32-precise even for float64: compare as float32.
+    for path in ("reference", "simulator"):
+        ours = gl.BatchNormalization(**kw)
+        ours.build(x.shape, np, x.dtype)
+        ours.built = True
+        ours.set_weights(theirs.get_weights())
+        if path == "simulator":
+            with gl.simulate():
+                y, dx = ours(x, training=training), ours.backward(dy)
+        else:
+            y, dx = ours(x, training=training), ours.backward(dy)
+        assert_close(y, y_k, np.float32, what=f"{path} output vs Keras")
+        assert_close(dx, dx_k, np.float32, what=f"{path} input gradient vs Keras")
+        for name in ("gamma", "beta"):
+            if name in grads_k:
+                assert_close(ours.grads[name], grads_k[name], np.float32, what=f"{path} d{name} vs Keras")
+        if training:
+            assert_close(ours.state["moving_mean"], moving_k[0], np.float32, what=f"{path} moving mean vs Keras")
+            assert_close(ours.state["moving_variance"], moving_k[1], np.float32, what=f"{path} moving variance vs Keras")

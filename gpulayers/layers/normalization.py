@@ -1,0 +1,303 @@
+"""BatchNormalization (Keras 3), training and inference, forward and backward.
+
+- NumPy reference (``batch_norm_statistics``, ``batch_norm_forward``,
+  ``batch_norm_backward``): vectorised, two-pass statistics in float32 (float64 for
+  float64 inputs).
+- Kernel path: per-channel reductions from ``cuda/batchnorm.cu`` (the reduced extent split
+  across blocks, partials merged in a fixed order), and the element-wise steps as
+  ``cupy.ElementwiseKernel`` snippets (run by the simulator on NumPy arrays).
+- The ``BatchNormalization`` layer.
+
+Training: y = (x - mean) / sqrt(var + epsilon) * gamma + beta with the batch mean and biased
+variance over every axis but ``axis``; moving = moving * momentum + batch * (1 - momentum).
+Inference uses the moving statistics. Backward keeps only per-channel mean and 1/std.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .. import kernels, validation
+from .base import Layer
+
+SOURCE = "batchnorm.cu"
+BLOCK = 256
+TARGET_BLOCKS = 512  # blocks per reduction: enough to fill a 132-SM GPU whatever C is
+
+kernels.declare(SOURCE, [
+    f"bn_reduce_{view}<{{T}}, {acc}<{{T}}>>" for view in ("rows", "planes") for acc in ("StatsAcc", "GradAcc")
+] + ["bn_stats_finalize<{T}>", "bn_grad_finalize<{T}>"])
+
+_normalize = kernels.elementwise_kernel(
+    "T x, S mean, S inv_std, S gamma, S beta", "T y",
+    "y = (T)((((S)x) - mean) * inv_std * gamma + beta)", "gpulayers_bn_normalize")
+_train_input_grad = kernels.elementwise_kernel(
+    "T x, T dy, S mean, S inv_std, S gamma, S mean_dy, S mean_dy_xhat", "T dx",
+    "const S xhat = (((S)x) - mean) * inv_std;"
+    "dx = (T)(gamma * inv_std * (((S)dy) - mean_dy - xhat * mean_dy_xhat))", "gpulayers_bn_train_grad")
+_scale = kernels.elementwise_kernel("T dy, S scale", "T dx", "dx = (T)(((S)dy) * scale)", "gpulayers_bn_scale")
+
+
+def _acc_dtype(dtype):
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def _reduced_axes(ndim, axes):
+    return tuple(a for a in range(ndim) if a not in axes)
+
+
+def _broadcast_shape(shape, axes):
+    return tuple(shape[a] if a in axes else 1 for a in range(len(shape)))
+
+
+# ----------------------------------------------------------------------------- NumPy reference
+
+def batch_norm_statistics(x, axes):
+    """Per-channel (mean, biased variance) over every axis not in ``axes``, two passes."""
+    acc = _acc_dtype(x.dtype)
+    red = _reduced_axes(x.ndim, axes)
+    xa = x.astype(acc)
+    mean = xa.mean(axis=red, keepdims=True)
+    var = np.square(xa - mean).mean(axis=red, keepdims=True)
+    param_shape = tuple(x.shape[a] for a in axes)
+    return mean.reshape(param_shape), var.reshape(param_shape)
+
+
+def batch_norm_forward(x, mean, var, gamma, beta, epsilon, axes):
+    """(x - mean) / sqrt(var + epsilon) * gamma + beta; per-channel arrays of the param shape."""
+    acc = _acc_dtype(x.dtype)
+    b = _broadcast_shape(x.shape, axes)
+    inv_std = 1 / np.sqrt(var.astype(acc) + acc.type(epsilon))
+    y = (x.astype(acc) - mean.reshape(b)) * inv_std.reshape(b) * gamma.reshape(b) + beta.reshape(b)
+    return y.astype(x.dtype)
+
+
+def batch_norm_backward(x, dy, mean, inv_std, gamma, axes, training):
+    """(dx, d gamma, d beta), with inv_std = 1 / sqrt(var + epsilon). ``training``: mean and
+    inv_std come from the batch statistics of x and the gradient flows through them;
+    otherwise they are constants (the moving statistics)."""
+    acc = _acc_dtype(x.dtype)
+    red = _reduced_axes(x.ndim, axes)
+    b = _broadcast_shape(x.shape, axes)
+    inv_std = inv_std.astype(acc).reshape(b)
+    g = dy.astype(acc)
+    xhat = (x.astype(acc) - mean.reshape(b)) * inv_std
+    dbeta = g.sum(axis=red, keepdims=True)
+    dgamma = (g * xhat).sum(axis=red, keepdims=True)
+    if training:
+        m = x.size // int(np.prod([x.shape[a] for a in axes]))
+        dx = gamma.reshape(b) * inv_std * (g - dbeta / m - xhat * dgamma / m)
+    else:
+        dx = g * gamma.reshape(b) * inv_std
+    shape = tuple(x.shape[a] for a in axes)
+    return dx.astype(x.dtype), dgamma.reshape(shape), dbeta.reshape(shape)
+
+
+# ----------------------------------------------------------------------------- kernel path
+
+def _channel_view(x, axes):
+    """(x as (R1, C, R2) contiguous, R1, C, R2): transposes when ``axes`` are not adjacent."""
+    xp = kernels.array_module(x)
+    first, last = min(axes), max(axes)
+    if last - first + 1 != len(axes):
+        perm = _reduced_axes(x.ndim, axes) + tuple(sorted(axes))
+        x = xp.ascontiguousarray(xp.transpose(x, perm))
+        first, last = x.ndim - len(axes), x.ndim - 1
+    else:
+        x = xp.ascontiguousarray(x)
+    r1 = int(np.prod(x.shape[:first]))
+    c = int(np.prod(x.shape[first:last + 1]))
+    r2 = int(np.prod(x.shape[last + 1:]))
+    return x, r1, c, r2
+
+
+def _reduce(acc_name, x, dy, mean, axes):
+    """Launch the split reduction; returns (partial states, number of splits S, C)."""
+    xp = kernels.array_module(x)
+    acc = _acc_dtype(x.dtype)
+    xv, r1, c, r2 = _channel_view(x, axes)
+    dyv = _channel_view(dy, axes)[0] if dy is not None else xv
+    fields = 3 if acc_name == "StatsAcc" else 2
+    if r2 == 1:
+        groups = kernels.ceil_div(c, 32)
+        splits = max(1, min(TARGET_BLOCKS // groups, kernels.ceil_div(r1, 8), 65535))
+        grid, name = (groups, splits), f"bn_reduce_rows<{{T}}, {acc_name}<{{T}}>>"
+        shape_args = (np.int64(r1), np.int32(c))
+    else:
+        splits = max(1, min(TARGET_BLOCKS // c, kernels.ceil_div(r1 * r2, BLOCK), 65535))
+        grid, name = (c, splits), f"bn_reduce_planes<{{T}}, {acc_name}<{{T}}>>"
+        shape_args = (np.int64(r1), np.int32(c), np.int64(r2))
+    partial = xp.empty((fields, splits, c), acc)
+    mean_arg = mean if mean is not None else xp.empty((1,), acc)
+    kernels.launch(SOURCE, name, x.dtype, grid, BLOCK, (xv, dyv, mean_arg, partial, *shape_args))
+    return partial, splits, c
+
+
+def batch_norm_statistics_kernel(x, axes, epsilon):
+    """Kernel path: per-channel (mean, biased variance, 1/sqrt(var + epsilon)), flat (C,)."""
+    xp = kernels.array_module(x)
+    acc = _acc_dtype(x.dtype)
+    partial, splits, c = _reduce("StatsAcc", x, None, None, axes)
+    mean, var, inv_std = (xp.empty((c,), acc) for _ in range(3))
+    kernels.launch(SOURCE, "bn_stats_finalize<{T}>", x.dtype, kernels.grid_1d(c, BLOCK), BLOCK,
+                   (partial, np.int32(splits), np.int32(c), acc.type(epsilon), mean, var, inv_std))
+    return mean, var, inv_std
+
+
+def batch_norm_grad_sums_kernel(x, dy, mean, inv_std, axes):
+    """Kernel path: per-channel (sum dy, sum dy * xhat), flat (C,)."""
+    xp = kernels.array_module(x)
+    acc = _acc_dtype(x.dtype)
+    partial, splits, c = _reduce("GradAcc", x, dy, mean, axes)
+    sum_dy, sum_dy_xhat = xp.empty((c,), acc), xp.empty((c,), acc)
+    kernels.launch(SOURCE, "bn_grad_finalize<{T}>", x.dtype, kernels.grid_1d(c, BLOCK), BLOCK,
+                   (partial, np.int32(splits), np.int32(c), inv_std, sum_dy, sum_dy_xhat))
+    return sum_dy, sum_dy_xhat
+
+
+# ----------------------------------------------------------------------------- layer
+
+def _initializer(layer, arg, value):
+    if callable(value):
+        return value
+    if value in ("zeros", "ones"):
+        return value
+    raise ValueError(f"{layer}: `{arg}` must be 'zeros', 'ones' or a callable (shape, dtype) -> array. "
+                     f"Received: {arg}={value!r}")
+
+
+class BatchNormalization(Layer):
+    """Batch normalization, as Keras 3's ``BatchNormalization``.
+
+    Args:
+        axis: int or list of ints, the axes that keep their own statistics and weights
+            (default -1: channels_last; 1 for channels_first).
+        momentum: moving = moving * momentum + batch * (1 - momentum), in [0, 1].
+        epsilon: added to the variance, > 0.
+        center, scale: use ``beta`` / ``gamma``.
+        beta_initializer, gamma_initializer, moving_mean_initializer,
+        moving_variance_initializer: "zeros", "ones" or a callable (shape, dtype) -> array.
+
+    Input: any rank; output: same shape and dtype. Weights (Keras order): gamma, beta,
+    moving_mean, moving_variance, each of shape [input.shape[a] for a in axis], float32 for
+    float16 inputs. ``layer(x, training=True)`` normalises with the batch statistics and
+    updates the moving ones; ``training=False`` uses the moving statistics.
+    """
+
+    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
+                 beta_initializer="zeros", gamma_initializer="ones", moving_mean_initializer="zeros",
+                 moving_variance_initializer="ones", beta_regularizer=None, gamma_regularizer=None,
+                 beta_constraint=None, gamma_constraint=None, synchronized=False, renorm=False,
+                 renorm_clipping=None, renorm_momentum=0.99, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        layer = type(self).__name__
+        axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+        if not axes or not all(isinstance(a, (numbers.Integral, np.integer)) and not isinstance(a, bool)
+                               for a in axes):
+            raise TypeError(f"{layer}: `axis` must be an int or a list of ints. Received: axis={axis!r}")
+        self.axis = [int(a) for a in axes]
+        if not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
+            raise ValueError(f"{layer}: `momentum` must be a number in [0, 1]. Received: momentum={momentum!r}")
+        if not isinstance(epsilon, numbers.Real) or not epsilon > 0:
+            raise ValueError(f"{layer}: `epsilon` must be a positive number. Received: epsilon={epsilon!r}")
+        self.momentum, self.epsilon = float(momentum), float(epsilon)
+        self.center = validation.boolean(layer, "center", center)
+        self.scale = validation.boolean(layer, "scale", scale)
+        self.initializers = {
+            "gamma": _initializer(layer, "gamma_initializer", gamma_initializer),
+            "beta": _initializer(layer, "beta_initializer", beta_initializer),
+            "moving_mean": _initializer(layer, "moving_mean_initializer", moving_mean_initializer),
+            "moving_variance": _initializer(layer, "moving_variance_initializer", moving_variance_initializer),
+        }
+        validation.unsupported(layer, synchronized=(synchronized, False), renorm=(renorm, False),
+                               renorm_clipping=(renorm_clipping, None), renorm_momentum=(renorm_momentum, 0.99),
+                               beta_regularizer=(beta_regularizer, None), gamma_regularizer=(gamma_regularizer, None),
+                               beta_constraint=(beta_constraint, None), gamma_constraint=(gamma_constraint, None))
+        self.weight_names = tuple((["gamma"] if self.scale else []) + (["beta"] if self.center else [])
+                                  + ["moving_mean", "moving_variance"])
+        self._axes = None  # positive axes, set at build
+
+    def _positive_axes(self, ndim):
+        layer = type(self).__name__
+        axes = []
+        for a in self.axis:
+            if not -ndim <= a < ndim:
+                raise ValueError(f"{layer}: `axis` {a} is out of range for {ndim}-D inputs. Received: axis={self.axis}")
+            axes.append(a % ndim)
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"{layer}: `axis` names an axis twice. Received: axis={self.axis}")
+        return tuple(sorted(axes))
+
+    def build(self, input_shape, xp, dtype):
+        self._axes = self._positive_axes(len(input_shape))
+        self._input_rank = len(input_shape)
+        shape = tuple(input_shape[a] for a in self._axes)
+        wdtype = _acc_dtype(dtype)
+        for name in self.weight_names:
+            init = self.initializers[name]
+            if callable(init):
+                value = np.asarray(init(shape, wdtype), dtype=wdtype)
+            else:
+                value = (np.zeros if init == "zeros" else np.ones)(shape, wdtype)
+            (self.state if name.startswith("moving") else self.params)[name] = xp.asarray(value)
+
+    def forward(self, x, training=False, mask=None):
+        layer = type(self).__name__
+        validation.unsupported(layer, mask=(mask, None))
+        if x.ndim != self._input_rank:
+            raise ValueError(f"{layer}: `inputs` must be {self._input_rank}-D like the first call. "
+                             f"Received: inputs.shape={tuple(x.shape)}")
+        shape = tuple(x.shape[a] for a in self._axes)
+        if shape != tuple(self.state["moving_mean"].shape):
+            raise ValueError(f"{layer}: `inputs` must have sizes {tuple(self.state['moving_mean'].shape)} on "
+                             f"axis {self.axis}. Received: inputs.shape={tuple(x.shape)}")
+        if training and x.size == 0:
+            raise ValueError(f"{layer}: `inputs` must not be empty in training. Received: inputs.shape={tuple(x.shape)}")
+        xp, on_kernels = kernels.kernel_path(x)
+        acc = _acc_dtype(x.dtype)
+        gamma = self.params.get("gamma", xp.ones(shape, acc))
+        beta = self.params.get("beta", xp.zeros(shape, acc))
+        b = _broadcast_shape(x.shape, self._axes)
+        if training:
+            if on_kernels:
+                mean, var, inv_std = batch_norm_statistics_kernel(x, self._axes, self.epsilon)
+                mean, var, inv_std = mean.reshape(shape), var.reshape(shape), inv_std.reshape(shape)
+            else:
+                mean, var = batch_norm_statistics(x, self._axes)
+                inv_std = 1 / np.sqrt(var + acc.type(self.epsilon))
+            m = self.momentum
+            self.state["moving_mean"] = self.state["moving_mean"] * m + mean * (1 - m)
+            self.state["moving_variance"] = self.state["moving_variance"] * m + var * (1 - m)
+        else:
+            mean, var = self.state["moving_mean"], self.state["moving_variance"]
+            inv_std = 1 / xp.sqrt(var + acc.type(self.epsilon))
+        self._saved = (x, mean, inv_std, bool(training))
+        if on_kernels:
+            return _normalize(x, mean.reshape(b), inv_std.reshape(b), gamma.reshape(b), beta.reshape(b))
+        return batch_norm_forward(x, mean, var, gamma, beta, self.epsilon, self._axes)
+
+    def backward_impl(self, dy):
+        x, mean, inv_std, training = self._saved
+        xp, on_kernels = kernels.kernel_path(x)
+        shape = tuple(mean.shape)
+        acc = _acc_dtype(x.dtype)
+        gamma = self.params.get("gamma", xp.ones(shape, acc))
+        b = _broadcast_shape(x.shape, self._axes)
+        if on_kernels:
+            sum_dy, sum_dy_xhat = batch_norm_grad_sums_kernel(x, dy, mean.reshape(-1), inv_std.reshape(-1), self._axes)
+            sum_dy, sum_dy_xhat = sum_dy.reshape(shape), sum_dy_xhat.reshape(shape)
+            if training:
+                m = acc.type(x.size // int(np.prod(shape)))
+                dx = _train_input_grad(x, dy, mean.reshape(b), inv_std.reshape(b), gamma.reshape(b),
+                                       (sum_dy / m).reshape(b), (sum_dy_xhat / m).reshape(b))
+            else:
+                dx = _scale(dy, (gamma * inv_std).reshape(b))
+        else:
+            dx, sum_dy_xhat, sum_dy = batch_norm_backward(x, dy, mean, inv_std, gamma, self._axes, training)
+        self.grads = {}
+        if self.scale:
+            self.grads["gamma"] = sum_dy_xhat
+        if self.center:
+            self.grads["beta"] = sum_dy
+        return dx
