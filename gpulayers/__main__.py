@@ -1,4 +1,4 @@
-"""Command line: ``python -m gpulayers selftest`` and ``python -m gpulayers info``."""
+"""Command line: ``python -m gpulayers selftest | info | kernels [--arch sm_90]``."""
 from __future__ import annotations
 
 import argparse
@@ -40,15 +40,31 @@ def info(out=print) -> int:
     return 0
 
 
+def kernels_report(arch: str, out=print) -> int:
+    rows = kernels.resource_report(arch)
+    out(f"{'kernel':58} {'dtype':8} {'regs':>5} {'smem B':>7} {'stack B':>8} {'spill st':>9} {'spill ld':>9}")
+    for r in rows:
+        out(f"{r['kernel'][:58]:58} {r['dtype']:8} {r.get('registers', 0):5d} {r.get('shared', 0):7d} "
+            f"{r.get('stack', 0):8d} {r.get('spill_stores', 0):9d} {r.get('spill_loads', 0):9d}")
+    spills = [r for r in rows if r.get("spill_stores") or r.get("spill_loads")]
+    out(f"{len(rows)} kernels compiled for {arch}; {len(spills)} spill registers" if spills else
+        f"{len(rows)} kernels compiled for {arch}; none spills registers")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpulayers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     st = sub.add_parser("selftest", help="run every layer's kernels against the NumPy reference")
     st.add_argument("--seed", type=int, default=0)
     sub.add_parser("info", help="versions, GPU, kernel cache folder")
+    kr = sub.add_parser("kernels", help="registers, shared memory, stack and spills per kernel (NVRTC, no GPU needed)")
+    kr.add_argument("--arch", default="sm_90", help="target, e.g. sm_80 or sm_90 (default sm_90)")
     args = parser.parse_args(argv)
     if args.command == "info":
         return info()
+    if args.command == "kernels":
+        return kernels_report(args.arch)
     from . import selftest
 
     return 1 if selftest.run(seed=args.seed) else 0

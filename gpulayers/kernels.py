@@ -12,6 +12,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -180,6 +181,38 @@ def nvrtc_compile(source: str, dtype, arch: str = "sm_90", extra_options=()) -> 
         }
     finally:
         nvrtc.destroyProgram(prog)
+
+
+_PTXAS_ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(\w+)'")
+_PTXAS_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_PTXAS_USED = re.compile(r"Used (\d+) registers(?:, used (\d+) barriers)?(?:, (\d+) bytes smem)?")
+
+
+def resource_report(arch: str = "sm_90") -> list[dict]:
+    """Registers, shared memory, stack frame and spills of every kernel and dtype (ptxas -v)."""
+    rows = []
+    for source in sorted(_KERNELS):
+        for dtype in DTYPES:
+            result = nvrtc_compile(source, dtype, arch, ["--ptxas-options=-v"])
+            by_mangled = {m: n for n, m in result["lowered"].items()}
+            current = None
+            for line in result["log"].splitlines():
+                m = _PTXAS_ENTRY.search(line)
+                if m:
+                    current = {"source": source, "dtype": np.dtype(dtype).name, "arch": arch,
+                               "kernel": by_mangled.get(m.group(1), m.group(1))}
+                    rows.append(current)
+                    continue
+                if current is None:
+                    continue
+                m = _PTXAS_FRAME.search(line)
+                if m:
+                    current.update(stack=int(m.group(1)), spill_stores=int(m.group(2)), spill_loads=int(m.group(3)))
+                m = _PTXAS_USED.search(line)
+                if m:
+                    current.update(registers=int(m.group(1)), barriers=int(m.group(2) or 0),
+                                   shared=int(m.group(3) or 0))
+    return rows
 
 
 def _module(source: str, dtype, simulated: bool):

@@ -42,3 +42,26 @@ def test_compile_error_reports_the_file():
             kernels.nvrtc_compile("broken_for_test.cu", np.float32, "sm_80")
     finally:
         kernels._KERNELS.pop("broken_for_test.cu")
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_no_kernel_spills_registers(arch):
+    _require_nvrtc()
+    rows = kernels.resource_report(arch)
+    expected = sum(len(kernels.name_expressions(s, d)) for s in kernels.declared() for d in DTYPES)
+    assert len(rows) == expected and all("registers" in r and "spill_stores" in r for r in rows)
+    spilling = [(r["kernel"], r["spill_stores"], r["spill_loads"]) for r in rows
+                if r["spill_stores"] or r["spill_loads"]]
+    assert not spilling, f"kernels spilling registers on {arch}: {spilling}"
+    shared = {r["kernel"]: r["shared"] for r in rows}
+    assert shared["global_pool_forward_rows<float, true>"] > 0  # block reduction scratch is reported
+
+
+def test_kernels_cli_prints_a_row_per_kernel():
+    _require_nvrtc()
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "gpulayers", "kernels", "--arch", "sm_80"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "max_pool_forward<float, true>" in out and "none spills registers" in out
