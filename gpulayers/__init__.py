@@ -20,6 +20,7 @@ from .layers.pooling import (
     MaxPooling2D,
     MaxPooling3D,
 )
+from .layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from .layers.upsampling import UpSampling1D, UpSampling2D, UpSampling3D
 
 __version__ = "0.1.0"
@@ -31,4 +32,5 @@ __all__ = [
     "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
     "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
     "UpSampling1D", "UpSampling2D", "UpSampling3D",
+    "SimpleRNN", "LSTM", "GRU", "Bidirectional",
 ]

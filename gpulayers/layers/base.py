@@ -47,7 +47,10 @@ class Layer:
         self._saved = None
         with kernels.nvtx_range(f"{layer}.forward"):
             y = self.forward(x, training=training, **kwargs)
-        self._output_meta = (tuple(y.shape), y.dtype)
+        if isinstance(y, list):
+            self._output_meta = [(tuple(o.shape), o.dtype) for o in y]
+        else:
+            self._output_meta = (tuple(y.shape), y.dtype)
         return y
 
     def backward(self, dy):
@@ -56,13 +59,21 @@ class Layer:
         if self._saved is None:
             raise ValueError(f"{layer}: backward() needs a forward call first. Received: backward "
                              f"before any call of the layer")
-        shape, dtype = self._output_meta
         xp_types = (np.ndarray,) if kernels.cupy_module() is None else (np.ndarray, kernels.cupy_module().ndarray)
-        validation.float_array(layer, "dy", dy, xp_types)
-        validation.same_shape(layer, "dy", dy, shape, dtype)
-        if kernels.array_module(dy) is not kernels.array_module(self._saved_input_array()):
-            raise ValueError(f"{layer}: `dy` must be on the same device as the forward input. "
-                             f"Received: dy of type {type(dy).__name__}")
+        if isinstance(self._output_meta, list):  # several outputs: a list, None for no gradient
+            if not isinstance(dy, (list, tuple)) or len(dy) != len(self._output_meta):
+                raise ValueError(f"{layer}: `dy` must be a list of {len(self._output_meta)} gradients (None "
+                                 f"for an output without one), like the output. Received: dy of type "
+                                 f"{type(dy).__name__}" + (f" with {len(dy)} items" if isinstance(dy, (list, tuple)) else ""))
+            pairs = [(f"dy[{i}]", g, meta) for i, (g, meta) in enumerate(zip(dy, self._output_meta)) if g is not None]
+        else:
+            pairs = [("dy", dy, self._output_meta)]
+        for arg, g, (shape, dtype) in pairs:
+            validation.float_array(layer, arg, g, xp_types)
+            validation.same_shape(layer, arg, g, shape, dtype)
+            if kernels.array_module(g) is not kernels.array_module(self._saved_input_array()):
+                raise ValueError(f"{layer}: `{arg}` must be on the same device as the forward input. "
+                                 f"Received: {arg} of type {type(g).__name__}")
         with kernels.nvtx_range(f"{layer}.backward"):
             return self.backward_impl(dy)
 

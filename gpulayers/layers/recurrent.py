@@ -1,0 +1,819 @@
+"""Recurrent layers: SimpleRNN, LSTM, GRU (Keras 3) and the Bidirectional wrapper.
+
+- NumPy reference (``rnn_forward``, ``rnn_backward``): per time step, vectorised over batch
+  and units; the input projection of all steps is one matmul, the weight gradients one
+  matmul over all steps at the end.
+- Kernel path (``rnn_forward_kernel``, ``rnn_backward_kernel``): the same matmuls through
+  the array module (cuBLAS on the GPU), and per step one fused kernel from
+  ``cuda/recurrent.cu`` that applies the gates and the state update (forward) or their
+  gradients (backward).
+- Layer classes with Keras 3's arguments, weight layouts and gate orders, and converters
+  to and from PyTorch's ``nn.RNN``/``nn.LSTM``/``nn.GRU`` state dicts.
+
+Cells, with xw = x @ kernel + input bias and U = recurrent_kernel (gate blocks in Keras
+order, each ``units`` wide):
+  SimpleRNN  h' = act(xw + h U)
+  LSTM       [i f c o] = xw + h U; i, f, o = ract(.); c' = f c + i act(c~); h' = o act(c')
+  GRU        [z r h]: z = ract(xw_z + (h U)_z), r = ract(xw_r + (h U)_r),
+             reset_after: h~ = act(xw_h + r * (h U_h + b_rec_h)) (recurrent bias b_rec added
+             to h U), else h~ = act(xw_h + (r h) U_h); h' = z h + (1 - z) h~
+Masked steps (mask False) keep the state, and their output is the carried state h (as
+Keras: the output repeats the previous state, the initial state before the first unmasked
+step), or zeros with ``zero_output_for_mask`` (which Bidirectional sets for sequences). ``go_backwards`` processes time reversed and returns the
+output sequence in that (reversed) order, as Keras.
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import kernels, validation
+from .base import Layer
+
+SOURCE = "recurrent.cu"
+BLOCK = 256
+ACTIVATIONS = ("linear", "tanh", "sigmoid", "relu", "hard_sigmoid")  # index = code in recurrent.cu
+CELLS = ("simple_rnn", "lstm", "gru", "gru_reset_before")  # index = CELL in recurrent.cu
+GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3, "gru_reset_before": 3}
+
+kernels.declare(SOURCE, [f"rnn_step_forward<{{T}}, {k}>" for k in range(4)]
+                + [f"rnn_step_backward<{{T}}, {k}>" for k in range(4)]
+                + ["gru_reset_gate_forward<{T}>", "gru_reset_gate_backward<{T}>"])
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a recurrent layer computes (everything but the weights)."""
+    cell: str  # one of CELLS
+    units: int
+    activation: str = "tanh"
+    recurrent_activation: str = "sigmoid"
+    go_backwards: bool = False
+    zero_output_for_mask: bool = False
+
+    @property
+    def gates(self):
+        return GATES[self.cell]
+
+    @property
+    def has_cell_state(self):
+        return self.cell == "lstm"
+
+
+def _acc_dtype(dtype):
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def activate(name, a):
+    """Keras 3's activations (hard_sigmoid = relu6(a + 3) / 6)."""
+    if name == "tanh":
+        return np.tanh(a)
+    if name == "sigmoid":
+        return 1 / (1 + np.exp(-a))
+    if name == "relu":
+        return np.maximum(a, 0)
+    if name == "hard_sigmoid":
+        return np.clip(a / 6 + 0.5, 0, 1)
+    return a
+
+
+def activation_grad(name, a):
+    """d act(a) / da from the pre-activation a."""
+    if name == "tanh":
+        return 1 - np.tanh(a) ** 2
+    if name == "sigmoid":
+        s = 1 / (1 + np.exp(-a))
+        return s * (1 - s)
+    if name == "relu":
+        return (a > 0).astype(a.dtype)
+    if name == "hard_sigmoid":
+        return ((a > -3) & (a < 3)).astype(a.dtype) / 6
+    return np.ones_like(a)
+
+
+def _split_bias(spec, bias, u, dtype):
+    """(input-side bias (G u,), recurrent bias (G u,) or None) from Keras's bias."""
+    if bias is None:
+        return np.zeros(spec.gates * u, dtype), None
+    if spec.cell == "gru":
+        return bias[0], bias[1]
+    return bias, None
+
+
+# ----------------------------------------------------------------------------- NumPy reference
+
+def rnn_forward(spec, x, kernel, recurrent_kernel, bias=None, initial_state=None, mask=None):
+    """Runs the layer over x (batch, time, features).
+
+    Returns (outputs (time, batch, units) in processing order, final states [h(, c)], saved),
+    where ``saved`` is what :func:`rnn_backward` needs. float16 is computed in float32.
+    """
+    acc = _acc_dtype(x.dtype)
+    u = spec.units
+    xs = np.swapaxes(x, 0, 1).astype(acc)  # (T, B, F)
+    ms = np.ones(xs.shape[:2], bool) if mask is None else np.swapaxes(mask, 0, 1)
+    if spec.go_backwards:
+        xs, ms = xs[::-1], ms[::-1]
+    W, U = kernel.astype(acc), recurrent_kernel.astype(acc)
+    b_in, b_rec = _split_bias(spec, bias, u, acc)
+    xw = xs @ W + b_in.astype(acc)  # (T, B, G u): the input projection of every step at once
+    batch = xs.shape[1]
+    h = np.zeros((batch, u), acc) if initial_state is None else initial_state[0].astype(acc)
+    c = None
+    if spec.has_cell_state:
+        c = np.zeros((batch, u), acc) if initial_state is None else initial_state[1].astype(acc)
+    act, ract = spec.activation, spec.recurrent_activation
+    steps = len(xs)
+    pre = np.empty((steps, batch, spec.gates * u), acc)  # pre-activations of every gate
+    h_prev_all = np.empty((steps, batch, u), acc)
+    extra = np.empty((steps, batch, u), acc)  # lstm: c'; gru: (h U_h + b) or r h
+    c_prev_all = np.empty((steps, batch, u), acc) if c is not None else None
+    outputs = np.empty((steps, batch, u), acc)
+    for t in range(steps):
+        h_prev_all[t] = h
+        if spec.cell == "simple_rnn":
+            a = xw[t] + h @ U
+            h_new = activate(act, a)
+        elif spec.cell == "lstm":
+            a = xw[t] + h @ U
+            i, f = activate(ract, a[:, :u]), activate(ract, a[:, u:2 * u])
+            g, og = activate(act, a[:, 2 * u:3 * u]), activate(ract, a[:, 3 * u:])
+            c_prev_all[t] = c
+            c_new = f * c + i * g
+            extra[t] = c_new
+            h_new = og * activate(act, c_new)
+        else:
+            a = np.empty((batch, 3 * u), acc)
+            if spec.cell == "gru":
+                inner = h @ U + (b_rec.astype(acc) if b_rec is not None else 0)
+                a[:, :2 * u] = xw[t, :, :2 * u] + inner[:, :2 * u]
+                r = activate(ract, a[:, u:2 * u])
+                extra[t] = inner[:, 2 * u:]
+                a[:, 2 * u:] = xw[t, :, 2 * u:] + r * extra[t]
+            else:
+                a[:, :2 * u] = xw[t, :, :2 * u] + h @ U[:, :2 * u]
+                r = activate(ract, a[:, u:2 * u])
+                extra[t] = r * h
+                a[:, 2 * u:] = xw[t, :, 2 * u:] + extra[t] @ U[:, 2 * u:]
+            z = activate(ract, a[:, :u])
+            h_new = z * h + (1 - z) * activate(act, a[:, 2 * u:])
+        pre[t] = a
+        m = ms[t][:, None]
+        h = np.where(m, h_new, h)
+        if c is not None:
+            c = np.where(m, c_new, c)
+        outputs[t] = np.where(m, h_new, 0) if spec.zero_output_for_mask else h
+    saved = dict(xs=xs, ms=ms, pre=pre, h_prev=h_prev_all, c_prev=c_prev_all, extra=extra, W=W, U=U,
+                 dtype=x.dtype, has_bias=bias is not None)
+    states = [h] + ([c] if c is not None else [])
+    return outputs, states, saved
+
+
+def rnn_backward(spec, saved, d_outputs, d_states):
+    """Backpropagation through time.
+
+    d_outputs: (time, batch, units) gradients of the outputs in processing order (zeros
+    where none); d_states: [dh(, dc)] gradients of the final states (None for none).
+    Returns (dx (batch, time, features), [dh0(, dc0)], {"kernel", "recurrent_kernel", "bias"}).
+    """
+    xs, ms, pre, W, U = saved["xs"], saved["ms"], saved["pre"], saved["W"], saved["U"]
+    acc = xs.dtype
+    u = spec.units
+    steps, batch = xs.shape[:2]
+    act, ract = spec.activation, spec.recurrent_activation
+    dh = np.zeros((batch, u), acc) if d_states[0] is None else d_states[0].astype(acc)
+    dc = None
+    if spec.has_cell_state:
+        dc = np.zeros((batch, u), acc) if len(d_states) < 2 or d_states[1] is None else d_states[1].astype(acc)
+    d_xw = np.empty_like(pre)  # gradients of the input-side pre-activations
+    d_inner = np.empty_like(pre)  # ... of the recurrent-side (h U) pre-activations
+    for t in reversed(range(steps)):
+        m = ms[t][:, None]
+        g = d_outputs[t].astype(acc)
+        if spec.zero_output_for_mask:  # a masked step's output is 0: its gradient goes nowhere
+            dh_new, dh_keep = np.where(m, dh + g, 0), np.where(m, 0, dh)
+        else:  # the output is the carried state h
+            dh_new, dh_keep = np.where(m, dh + g, 0), np.where(m, 0, dh + g)
+        h_prev, a = saved["h_prev"][t], pre[t]
+        if spec.cell == "simple_rnn":
+            da = dh_new * activation_grad(act, a)
+            d_xw[t] = d_inner[t] = da
+            dh = dh_keep + da @ U.T
+        elif spec.cell == "lstm":
+            i, f = activate(ract, a[:, :u]), activate(ract, a[:, u:2 * u])
+            gg, og = activate(act, a[:, 2 * u:3 * u]), activate(ract, a[:, 3 * u:])
+            c_new, c_prev = saved["extra"][t], saved["c_prev"][t]
+            dc_new = np.where(m, dc, 0) + dh_new * og * activation_grad(act, c_new)
+            da = np.concatenate([dc_new * gg * activation_grad(ract, a[:, :u]),
+                                 dc_new * c_prev * activation_grad(ract, a[:, u:2 * u]),
+                                 dc_new * i * activation_grad(act, a[:, 2 * u:3 * u]),
+                                 dh_new * activate(act, c_new) * activation_grad(ract, a[:, 3 * u:])], axis=1)
+            d_xw[t] = d_inner[t] = da
+            dh = dh_keep + da @ U.T
+            dc = np.where(m, 0, dc) + dc_new * f
+        else:
+            z, r = activate(ract, a[:, :u]), activate(ract, a[:, u:2 * u])
+            hh = activate(act, a[:, 2 * u:])
+            dz = dh_new * (h_prev - hh) * activation_grad(ract, a[:, :u])
+            dhp = dh_new * (1 - z) * activation_grad(act, a[:, 2 * u:])
+            extra = saved["extra"][t]
+            if spec.cell == "gru":  # extra = h U_h + b_rec_h
+                dr = dhp * extra * activation_grad(ract, a[:, u:2 * u])
+                d_xw[t] = np.concatenate([dz, dr, dhp], axis=1)
+                d_inner[t] = np.concatenate([dz, dr, dhp * r], axis=1)
+                dh = dh_keep + dh_new * z + d_inner[t] @ U.T
+            else:  # extra = r h
+                d_rh = dhp @ U[:, 2 * u:].T
+                dr = d_rh * h_prev * activation_grad(ract, a[:, u:2 * u])
+                d_xw[t] = d_inner[t] = np.concatenate([dz, dr, dhp], axis=1)
+                dh = dh_keep + dh_new * z + d_rh * r + d_inner[t, :, :2 * u] @ U[:, :2 * u].T
+    # weight gradients: one matmul over all steps
+    flat = lambda v: v.reshape(steps * batch, -1)  # noqa: E731
+    grads = {"kernel": flat(xs).T @ flat(d_xw)}
+    if spec.cell == "gru_reset_before":
+        d_u = np.concatenate([flat(saved["h_prev"]).T @ flat(d_inner[:, :, :2 * u]),
+                              flat(saved["extra"]).T @ flat(d_inner[:, :, 2 * u:])], axis=1)
+    else:
+        d_u = flat(saved["h_prev"]).T @ flat(d_inner)
+    grads["recurrent_kernel"] = d_u
+    if saved["has_bias"]:
+        grads["bias"] = np.stack([d_xw.sum((0, 1)), d_inner.sum((0, 1))]) if spec.cell == "gru" \
+            else d_xw.sum((0, 1))
+    dxs = d_xw @ W.T
+    if spec.go_backwards:
+        dxs = dxs[::-1]
+    dx = np.swapaxes(dxs, 0, 1).astype(saved["dtype"])
+    d_init = [dh] + ([dc] if dc is not None else [])
+    return dx, d_init, grads
+
+
+# ----------------------------------------------------------------------------- layers
+
+def glorot_uniform(rng, shape, dtype):
+    limit = np.sqrt(6.0 / (shape[0] + shape[1]))
+    return rng.uniform(-limit, limit, shape).astype(dtype)
+
+
+def orthogonal(rng, shape, dtype):
+    """Keras's Orthogonal initializer (gain 1): QR of a normal matrix, sign-corrected."""
+    rows, cols = shape
+    a = rng.standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    q *= np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    return q.reshape(shape).astype(dtype)
+
+
+_INITIALIZERS = {"glorot_uniform": glorot_uniform, "orthogonal": orthogonal,
+                 "zeros": lambda rng, shape, dtype: np.zeros(shape, dtype),
+                 "ones": lambda rng, shape, dtype: np.ones(shape, dtype)}
+
+
+class _Recurrent(Layer):
+    """Shared machinery of SimpleRNN, LSTM and GRU."""
+
+    cell = ""
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal", bias_initializer="zeros",
+                 unit_forget_bias=True, kernel_regularizer=None, recurrent_regularizer=None, bias_regularizer=None,
+                 activity_regularizer=None, kernel_constraint=None, recurrent_constraint=None, bias_constraint=None,
+                 dropout=0.0, recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
+                 go_backwards=False, stateful=False, unroll=False, reset_after=True, use_cudnn="auto",
+                 zero_output_for_mask=False, name=None, **kwargs):
+        super().__init__(name=name, seed=seed, **kwargs)
+        layer = type(self).__name__
+        if not isinstance(units, (numbers.Integral, np.integer)) or isinstance(units, bool) or units <= 0:
+            raise ValueError(f"{layer}: `units` must be a positive int. Received: units={units!r}")
+        self.units = int(units)
+        self.activation = validation.choice(layer, "activation", activation, ACTIVATIONS)
+        self.recurrent_activation = validation.choice(layer, "recurrent_activation", recurrent_activation,
+                                                      ACTIVATIONS)
+        self.use_bias = validation.boolean(layer, "use_bias", use_bias)
+        self.unit_forget_bias = validation.boolean(layer, "unit_forget_bias", unit_forget_bias)
+        self.return_sequences = validation.boolean(layer, "return_sequences", return_sequences)
+        self.return_state = validation.boolean(layer, "return_state", return_state)
+        self.go_backwards = validation.boolean(layer, "go_backwards", go_backwards)
+        self.reset_after = validation.boolean(layer, "reset_after", reset_after)
+        self.zero_output_for_mask = validation.boolean(layer, "zero_output_for_mask", zero_output_for_mask)
+        self.initializers = {}
+        for arg, value in (("kernel_initializer", kernel_initializer),
+                           ("recurrent_initializer", recurrent_initializer), ("bias_initializer", bias_initializer)):
+            if not (callable(value) or value in _INITIALIZERS):
+                raise ValueError(f"{layer}: `{arg}` must be one of {', '.join(map(repr, _INITIALIZERS))} or a "
+                                 f"callable (shape, dtype) -> array. Received: {arg}={value!r}")
+            self.initializers[arg] = value
+        validation.unsupported(layer, dropout=(dropout, 0.0), recurrent_dropout=(recurrent_dropout, 0.0),
+                               stateful=(stateful, False), unroll=(unroll, False),
+                               kernel_regularizer=(kernel_regularizer, None),
+                               recurrent_regularizer=(recurrent_regularizer, None),
+                               bias_regularizer=(bias_regularizer, None),
+                               activity_regularizer=(activity_regularizer, None),
+                               kernel_constraint=(kernel_constraint, None),
+                               recurrent_constraint=(recurrent_constraint, None),
+                               bias_constraint=(bias_constraint, None))
+        self.weight_names = ("kernel", "recurrent_kernel") + (("bias",) if self.use_bias else ())
+        cell = self.cell
+        if cell == "gru" and not self.reset_after:
+            cell = "gru_reset_before"
+        self.spec = Spec(cell, self.units, self.activation, self.recurrent_activation, self.go_backwards,
+                         self.zero_output_for_mask)
+        self._config = dict(units=units, activation=activation, recurrent_activation=recurrent_activation,
+                            use_bias=use_bias, kernel_initializer=kernel_initializer,
+                            recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,
+                            unit_forget_bias=unit_forget_bias, return_sequences=return_sequences,
+                            return_state=return_state, go_backwards=go_backwards, reset_after=reset_after,
+                            zero_output_for_mask=zero_output_for_mask, seed=seed)
+        for arg in self._not_keras_args:
+            self._config.pop(arg)
+
+    _not_keras_args: tuple = ()
+
+    @property
+    def state_count(self):
+        return 2 if self.spec.has_cell_state else 1
+
+    def _init(self, arg, rng, shape, dtype):
+        init = self.initializers[arg]
+        if callable(init):
+            return np.asarray(init(shape, dtype), dtype=dtype)
+        return _INITIALIZERS[init](rng, shape, dtype)
+
+    def build(self, input_shape, xp, dtype):
+        layer = type(self).__name__
+        if len(input_shape) != 3:
+            raise ValueError(f"{layer}: `inputs` must be 3-D (batch, time, features). "
+                             f"Received: inputs.shape={tuple(input_shape)}")
+        rng = np.random.default_rng(self.seed)
+        wdtype = _acc_dtype(dtype)
+        g, u = self.spec.gates, self.units
+        self.input_features = int(input_shape[-1])
+        weights = {"kernel": self._init("kernel_initializer", rng, (self.input_features, g * u), wdtype),
+                   "recurrent_kernel": self._init("recurrent_initializer", rng, (u, g * u), wdtype)}
+        if self.use_bias:
+            shape = (2, g * u) if self.spec.cell == "gru" else (g * u,)
+            bias = self._init("bias_initializer", rng, shape, wdtype)
+            if self.cell == "lstm" and self.unit_forget_bias:
+                bias[u:2 * u] = 1.0
+            weights["bias"] = bias
+        self.params = {k: xp.asarray(v) for k, v in weights.items()}
+
+    def _check_call(self, x, initial_state, mask):
+        layer = type(self).__name__
+        validation.rank(layer, "inputs", x, 3, "(batch, time, features)")
+        if x.shape[-1] != self.input_features:
+            raise ValueError(f"{layer}: `inputs` must have {self.input_features} features, as when the layer was "
+                             f"built. Received: inputs.shape={tuple(x.shape)}")
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"{layer}: `inputs` must have at least one sample and one time step. "
+                             f"Received: inputs.shape={tuple(x.shape)}")
+        xp = kernels.array_module(x)
+        if mask is not None:
+            if not hasattr(mask, "shape") or tuple(mask.shape) != tuple(x.shape[:2]):
+                raise ValueError(f"{layer}: `mask` must have shape (batch, time) = {tuple(x.shape[:2])}. "
+                                 f"Received: mask.shape={getattr(mask, 'shape', type(mask).__name__)}")
+            if mask.dtype != np.bool_:
+                raise TypeError(f"{layer}: `mask` must be a bool array. Received: mask.dtype={mask.dtype}")
+            if kernels.array_module(mask) is not xp:
+                raise ValueError(f"{layer}: `mask` must be on the same device as the inputs. "
+                                 f"Received: mask of type {type(mask).__name__}")
+        if initial_state is not None:
+            states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+            if len(states) != self.state_count:
+                raise ValueError(f"{layer}: `initial_state` must be a list of {self.state_count} arrays. "
+                                 f"Received: {len(states)} arrays")
+            for k, s in enumerate(states):
+                if not hasattr(s, "shape") or tuple(s.shape) != (x.shape[0], self.units):
+                    raise ValueError(f"{layer}: `initial_state[{k}]` must have shape (batch, units) = "
+                                     f"{(x.shape[0], self.units)}. Received: shape {getattr(s, 'shape', None)}")
+                if s.dtype != x.dtype:
+                    raise TypeError(f"{layer}: `initial_state[{k}]` must have the inputs' dtype {x.dtype}. "
+                                    f"Received: dtype {s.dtype}")
+                if kernels.array_module(s) is not xp:
+                    raise ValueError(f"{layer}: `initial_state[{k}]` must be on the same device as the inputs. "
+                                     f"Received: type {type(s).__name__}")
+            return states
+        return None
+
+    def forward(self, x, training=False, initial_state=None, mask=None):
+        states0 = self._check_call(x, initial_state, mask)
+        xp, on_kernels = kernels.kernel_path(x)
+        w = self.params
+        args = (self.spec, x, w["kernel"], w["recurrent_kernel"], w.get("bias"), states0, mask)
+        outputs, states, saved = rnn_forward_kernel(*args) if on_kernels else rnn_forward(*args)
+        self._saved = (x, saved, states0 is not None)
+        y = xp.swapaxes(outputs, 0, 1) if self.return_sequences else outputs[-1]
+        y = xp.ascontiguousarray(y.astype(x.dtype))
+        if self.return_state:
+            return [y] + [s.astype(x.dtype) for s in states]
+        return y
+
+    def backward_impl(self, dy):
+        x, saved, had_initial_state = self._saved
+        xp, on_kernels = kernels.kernel_path(x)
+        dys = list(dy) if self.return_state else [dy]
+        steps, batch = x.shape[1], x.shape[0]
+        acc = _acc_dtype(x.dtype)
+        d_out = xp.zeros((steps, batch, self.units), acc)
+        if dys[0] is not None:
+            if self.return_sequences:
+                d_out[...] = xp.swapaxes(dys[0], 0, 1)
+            else:
+                d_out[-1] = dys[0]
+        d_states = (dys[1:] + [None] * self.state_count)[:self.state_count]
+        fn = rnn_backward_kernel if on_kernels else rnn_backward
+        dx, d_init, grads = fn(self.spec, saved, d_out, d_states)
+        wdtype = self.params["kernel"].dtype
+        self.grads = {k: v.astype(wdtype) for k, v in grads.items()}
+        if had_initial_state:
+            return [dx] + [d.astype(x.dtype) for d in d_init]
+        return dx
+
+
+_RNN_DOC = """{name} layer, as Keras 3's ``{name}``.
+
+    Args:
+        units: positive int, the state size.
+        activation: "tanh" (default), "relu", "sigmoid", "linear" or "hard_sigmoid".
+        {recurrent}use_bias: add biases (default True).
+        kernel_initializer, recurrent_initializer, bias_initializer: "glorot_uniform",
+            "orthogonal", "zeros", "ones" or a callable (shape, dtype) -> array; defaults
+            glorot_uniform / orthogonal / zeros, as Keras; reproducible through ``seed``.
+        {extra}return_sequences: return the whole output sequence, not only the last output.
+        return_state: also return the final state(s).
+        go_backwards: process time reversed (the output sequence comes back reversed).
+        seed: int seed of the initializers.
+        ``dropout``, ``recurrent_dropout``, ``stateful``, ``unroll``, regularizers and
+        constraints raise NotImplementedError when set.
+
+    Call: ``layer(x, initial_state=None, mask=None)``; x (batch, time, features), mask
+    (batch, time) bool. Output: (batch, units), or (batch, time, units) with
+    return_sequences; with return_state ``[output, {states}]``.
+    Weights (Keras order): kernel (features, {g} units), recurrent_kernel (units, {g} units),
+    bias {bias}; gate order {order}.
+    """
+
+
+class SimpleRNN(_Recurrent):
+    __doc__ = _RNN_DOC.format(name="SimpleRNN", recurrent="", extra="", states="h", g=1, bias="(units,)",
+                              order="-")
+    cell = "simple_rnn"
+    _not_keras_args = ("recurrent_activation", "unit_forget_bias", "reset_after")
+
+    def __init__(self, units, activation="tanh", use_bias=True, kernel_initializer="glorot_uniform",
+                 recurrent_initializer="orthogonal", bias_initializer="zeros", **kwargs):
+        for arg in ("recurrent_activation", "unit_forget_bias", "reset_after"):
+            if arg in kwargs:
+                raise TypeError(f"SimpleRNN: unknown argument(s) {arg}. Received: {arg}={kwargs[arg]!r}")
+        super().__init__(units, activation=activation, use_bias=use_bias, kernel_initializer=kernel_initializer,
+                         recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer, **kwargs)
+
+
+class LSTM(_Recurrent):
+    __doc__ = _RNN_DOC.format(
+        name="LSTM", recurrent="recurrent_activation: for the i, f, o gates (default \"sigmoid\").\n        ",
+        extra="unit_forget_bias: initialise the forget-gate bias to 1 (default True).\n        ",
+        states="h, c", g=4, bias="(4 units,)", order="i, f, c, o")
+    cell = "lstm"
+    _not_keras_args = ("reset_after",)
+
+    def __init__(self, units, **kwargs):
+        if "reset_after" in kwargs:
+            raise TypeError(f"LSTM: unknown argument(s) reset_after. Received: reset_after={kwargs['reset_after']!r}")
+        super().__init__(units, **kwargs)
+
+
+class GRU(_Recurrent):
+    __doc__ = _RNN_DOC.format(
+        name="GRU", recurrent="recurrent_activation: for the z, r gates (default \"sigmoid\").\n        ",
+        extra="reset_after: apply the reset gate after the recurrent matmul (default True, two biases).\n        ",
+        states="h", g=3, bias="(2, 3 units) with reset_after (input then recurrent), else (3 units,)",
+        order="z, r, h")
+    cell = "gru"
+    _not_keras_args = ("unit_forget_bias",)
+
+    def __init__(self, units, **kwargs):
+        if "unit_forget_bias" in kwargs:
+            raise TypeError(f"GRU: unknown argument(s) unit_forget_bias. "
+                            f"Received: unit_forget_bias={kwargs['unit_forget_bias']!r}")
+        super().__init__(units, **kwargs)
+
+
+class Bidirectional(Layer):
+    """Runs a recurrent layer forwards and a copy of it backwards, as Keras 3's ``Bidirectional``.
+
+    Args:
+        layer: a SimpleRNN, LSTM or GRU instance (the forward layer).
+        merge_mode: "concat" (default), "sum", "mul", "ave" or None (a list of both outputs).
+        backward_layer: optional layer for the backward direction (default: a copy of
+            ``layer`` with ``go_backwards`` flipped and seed + 1).
+
+    Call: ``layer(x, initial_state=None, mask=None)``; initial_state holds the forward
+    layer's states, then the backward layer's. With return_sequences the backward output is
+    flipped back to the forward time order before merging. Weights (Keras order): the forward
+    layer's, then the backward layer's.
+    """
+
+    MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+
+    def __init__(self, layer, merge_mode="concat", weights=None, backward_layer=None, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        me = type(self).__name__
+        if not isinstance(layer, _Recurrent):
+            raise TypeError(f"{me}: `layer` must be a SimpleRNN, LSTM or GRU instance. "
+                            f"Received: layer of type {type(layer).__name__}")
+        if merge_mode not in self.MERGE_MODES:
+            raise ValueError(f"{me}: `merge_mode` must be one of 'concat', 'sum', 'mul', 'ave', None. "
+                             f"Received: merge_mode={merge_mode!r}")
+        validation.unsupported(me, weights=(weights, None))
+        if backward_layer is None:
+            config = dict(layer._config, go_backwards=not layer.go_backwards,
+                          seed=None if layer.seed is None else layer.seed + 1)
+            backward_layer = type(layer)(**config)
+        elif not isinstance(backward_layer, _Recurrent) or backward_layer.go_backwards == layer.go_backwards \
+                or backward_layer.return_sequences != layer.return_sequences \
+                or backward_layer.return_state != layer.return_state:
+            raise ValueError(f"{me}: `backward_layer` must be a recurrent layer with the opposite go_backwards "
+                             f"and the same return_sequences/return_state. Received: {backward_layer!r}")
+        for sub in (layer, backward_layer):  # as Keras: masked steps of sequences give zeros
+            sub.zero_output_for_mask = sub.return_sequences
+            sub.spec = Spec(sub.spec.cell, sub.units, sub.activation, sub.recurrent_activation, sub.go_backwards,
+                            sub.return_sequences)
+        self.forward_layer, self.backward_layer = layer, backward_layer
+        self.merge_mode = merge_mode
+        self.return_sequences, self.return_state = layer.return_sequences, layer.return_state
+
+    @property
+    def weight_names(self):
+        return tuple(f"forward_{n}" for n in self.forward_layer.weight_names) + \
+            tuple(f"backward_{n}" for n in self.backward_layer.weight_names)
+
+    def _weights(self):
+        return {**{f"forward_{k}": v for k, v in self.forward_layer.params.items()},
+                **{f"backward_{k}": v for k, v in self.backward_layer.params.items()}}
+
+    def set_weights(self, weights):
+        n = len(self.forward_layer.weight_names)
+        if len(weights) != len(self.weight_names):
+            raise ValueError(f"{type(self).__name__}: set_weights() expects {len(self.weight_names)} arrays "
+                             f"({', '.join(self.weight_names)}). Received: {len(weights)} arrays")
+        self.forward_layer.set_weights(weights[:n])
+        self.backward_layer.set_weights(weights[n:])
+
+    def to(self, device):
+        self.forward_layer.to(device)
+        self.backward_layer.to(device)
+        return super().to(device)
+
+    @property
+    def params(self):
+        return self._weights()
+
+    @params.setter
+    def params(self, value):
+        pass  # derived from the wrapped layers
+
+    def forward(self, x, training=False, initial_state=None, mask=None):
+        xp = kernels.array_module(x)
+        fs = bs = None
+        if initial_state is not None:
+            states = list(initial_state)
+            n = self.forward_layer.state_count
+            if len(states) != 2 * n:
+                raise ValueError(f"{type(self).__name__}: `initial_state` must hold {2 * n} arrays (forward "
+                                 f"then backward states). Received: {len(states)} arrays")
+            fs, bs = states[:n], states[n:]
+        yf = self.forward_layer(x, training=training, initial_state=fs, mask=mask)
+        yb = self.backward_layer(x, training=training, initial_state=bs, mask=mask)
+        sf, sb = [], []
+        if self.return_state:
+            (yf, *sf), (yb, *sb) = yf, yb
+        if self.return_sequences:
+            yb = xp.ascontiguousarray(xp.flip(yb, axis=1))
+        self._saved = (x, yf, yb, initial_state is not None)
+        if self.merge_mode == "concat":
+            out = [xp.concatenate([yf, yb], axis=-1)]
+        elif self.merge_mode == "sum":
+            out = [yf + yb]
+        elif self.merge_mode == "mul":
+            out = [yf * yb]
+        elif self.merge_mode == "ave":
+            out = [(yf + yb) / 2]
+        else:
+            out = [yf, yb]
+        out = out + sf + sb
+        return out if len(out) > 1 else out[0]
+
+    def backward_impl(self, dy):
+        x, yf, yb, had_initial_state = self._saved
+        xp = kernels.array_module(x)
+        dys = list(dy) if isinstance(dy, (list, tuple)) else [dy]
+        n_out = 2 if self.merge_mode is None else 1
+        d_out, d_states = dys[:n_out], dys[n_out:]
+        g = d_out[0]
+        if self.merge_mode is None:
+            dyf, dyb = d_out
+        elif g is None:
+            dyf = dyb = None
+        elif self.merge_mode == "concat":
+            u = self.forward_layer.units
+            dyf, dyb = g[..., :u], g[..., u:]
+        elif self.merge_mode == "sum":
+            dyf = dyb = g
+        elif self.merge_mode == "mul":
+            dyf, dyb = g * yb, g * yf
+        else:
+            dyf = dyb = g / 2
+        if dyb is not None and self.return_sequences:
+            dyb = xp.flip(dyb, axis=1)
+        dyf = None if dyf is None else xp.ascontiguousarray(dyf)
+        dyb = None if dyb is None else xp.ascontiguousarray(dyb)
+        n = self.forward_layer.state_count
+        results = []
+        for sub, d, ds in ((self.forward_layer, dyf, d_states[:n]), (self.backward_layer, dyb, d_states[n:])):
+            if d is None and not any(s is not None for s in ds):
+                d = xp.zeros(sub._output_meta[0][0] if isinstance(sub._output_meta, list) else sub._output_meta[0],
+                             x.dtype)
+            results.append(sub.backward([d] + list(ds) if sub.return_state else d))
+        if had_initial_state:
+            (dxf, *dsf), (dxb, *dsb) = results
+            return [dxf + dxb] + dsf + dsb
+        dxf, dxb = results
+        self.grads = {**{f"forward_{k}": v for k, v in self.forward_layer.grads.items()},
+                      **{f"backward_{k}": v for k, v in self.backward_layer.grads.items()}}
+        return dxf + dxb
+
+
+# ----------------------------------------------------------------------------- PyTorch weights
+
+_TORCH_GRU_ORDER = [1, 0, 2]  # PyTorch (r, z, n) blocks -> Keras (z, r, h)
+
+
+def _blocks(a, order, axis=0):
+    parts = np.split(np.asarray(a), len(order), axis=axis)
+    return np.concatenate([parts[i] for i in order], axis=axis)
+
+
+def from_torch_state_dict(kind, state_dict, suffix="_l0"):
+    """Keras-order weights [kernel, recurrent_kernel, bias] from a PyTorch nn.RNN/LSTM/GRU state dict.
+
+    ``kind``: "SimpleRNN", "LSTM" or "GRU" (the Keras layer to load them into; a GRU must use
+    reset_after=True, PyTorch's formulation). Biases: the two PyTorch biases are summed for
+    SimpleRNN and LSTM, and kept as the (2, 3 units) pair for GRU.
+    """
+    get = lambda k: np.asarray(state_dict[k + suffix].detach().cpu().numpy() if hasattr(  # noqa: E731
+        state_dict[k + suffix], "detach") else state_dict[k + suffix])
+    w_ih, w_hh = get("weight_ih"), get("weight_hh")
+    has_bias = f"bias_ih{suffix}" in state_dict
+    if kind == "GRU":
+        weights = [_blocks(w_ih, _TORCH_GRU_ORDER).T, _blocks(w_hh, _TORCH_GRU_ORDER).T]
+        if has_bias:
+            weights.append(np.stack([_blocks(get("bias_ih"), _TORCH_GRU_ORDER),
+                                     _blocks(get("bias_hh"), _TORCH_GRU_ORDER)]))
+    elif kind in ("LSTM", "SimpleRNN"):
+        weights = [w_ih.T, w_hh.T] + ([get("bias_ih") + get("bias_hh")] if has_bias else [])
+    else:
+        raise ValueError(f"from_torch_state_dict: `kind` must be 'SimpleRNN', 'LSTM' or 'GRU'. Received: kind={kind!r}")
+    return [np.ascontiguousarray(w) for w in weights]
+
+
+def to_torch_state_dict(layer, suffix="_l0"):
+    """A PyTorch state dict (NumPy arrays) for ``layer``'s weights; load with
+    ``module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``."""
+    ws = layer.get_weights()
+    if isinstance(layer, GRU):
+        if not layer.reset_after:
+            raise ValueError("to_torch_state_dict: PyTorch's GRU applies the reset gate after the matmul; "
+                             "a GRU with reset_after=False has no PyTorch equivalent. Received: reset_after=False")
+        sd = {"weight_ih": _blocks(ws[0].T, _TORCH_GRU_ORDER), "weight_hh": _blocks(ws[1].T, _TORCH_GRU_ORDER)}
+        if layer.use_bias:
+            sd["bias_ih"] = _blocks(ws[2][0], _TORCH_GRU_ORDER)
+            sd["bias_hh"] = _blocks(ws[2][1], _TORCH_GRU_ORDER)
+    else:
+        sd = {"weight_ih": ws[0].T, "weight_hh": ws[1].T}
+        if layer.use_bias:
+            sd["bias_ih"], sd["bias_hh"] = ws[2], np.zeros_like(ws[2])
+    return {k + suffix: np.ascontiguousarray(v) for k, v in sd.items()}
+
+
+# ----------------------------------------------------------------------------- kernel path
+
+def _launch(name, dtype, total, args):
+    kernels.launch(SOURCE, name, dtype, kernels.grid_1d(total, BLOCK), BLOCK, args)
+
+
+def _codes(spec):
+    return np.int32(ACTIVATIONS.index(spec.activation)), np.int32(ACTIVATIONS.index(spec.recurrent_activation))
+
+
+def rnn_forward_kernel(spec, x, kernel, recurrent_kernel, bias=None, initial_state=None, mask=None):
+    """Kernel path of :func:`rnn_forward` (same returns): GEMMs plus one fused kernel per step."""
+    xp = kernels.array_module(x)
+    acc = _acc_dtype(x.dtype)
+    u, gates = spec.units, spec.gates
+    cell = CELLS.index(spec.cell)
+    xs = xp.swapaxes(x, 0, 1)
+    ms = None if mask is None else xp.swapaxes(mask, 0, 1)
+    if spec.go_backwards:
+        xs, ms = xs[::-1], (None if ms is None else ms[::-1])
+    xs = xp.ascontiguousarray(xs, dtype=acc)
+    ms = xp.ones((1,), np.uint8) if ms is None else xp.ascontiguousarray(ms, dtype=np.uint8)
+    has_mask = np.int32(mask is not None)
+    W, U = kernel.astype(acc, copy=False), recurrent_kernel.astype(acc, copy=False)
+    b_in, b_rec = _split_bias(spec, bias, u, acc) if bias is not None else (xp.zeros(gates * u, acc), None)
+    steps, batch = xs.shape[:2]
+    xw = xp.matmul(xs, W) + b_in.astype(acc, copy=False)  # (T, B, G u), one GEMM for every step
+    h = xp.zeros((batch, u), acc) if initial_state is None else xp.ascontiguousarray(initial_state[0], dtype=acc)
+    c = None
+    if spec.has_cell_state:
+        c = xp.zeros((batch, u), acc) if initial_state is None else xp.ascontiguousarray(initial_state[1], dtype=acc)
+    pre = xp.empty((steps, batch, gates * u), acc)
+    h_prev_all = xp.empty((steps, batch, u), acc)
+    extra = xp.empty((steps, batch, u), acc)
+    c_prev_all = xp.empty((steps, batch, u), acc) if c is not None else None
+    outputs = xp.empty((steps, batch, u), x.dtype)
+    act, ract = _codes(spec)
+    dims = (np.int32(batch), np.int32(u))
+    for t in range(steps):
+        h_prev_all[t] = h
+        mask_t = ms[t] if mask is not None else ms
+        h_next = xp.empty_like(h)
+        c_next = xp.empty_like(h) if c is not None else h_next
+        if c is not None:
+            c_prev_all[t] = c
+        if spec.cell == "gru_reset_before":
+            hu = xp.matmul(h, U[:, :2 * u])
+            _launch("gru_reset_gate_forward<{T}>", x.dtype, batch * u,
+                    (xw[t], hu, h, pre[t], extra[t], *dims, ract))
+            hu = xp.matmul(extra[t], U[:, 2 * u:])
+        else:
+            hu = xp.matmul(h, U)
+            if b_rec is not None:
+                hu += b_rec.astype(acc, copy=False)
+        _launch(f"rnn_step_forward<{{T}}, {cell}>", x.dtype, batch * u,
+                (xw[t], hu, h, c if c is not None else h, mask_t, has_mask, pre[t], extra[t], h_next, c_next,
+                 outputs[t], *dims, act, ract, np.int32(spec.zero_output_for_mask)))
+        h = h_next
+        if c is not None:
+            c = c_next
+    saved = dict(xs=xs, ms=ms, mask=mask is not None, pre=pre, h_prev=h_prev_all, c_prev=c_prev_all, extra=extra,
+                 W=W, U=U, dtype=x.dtype, has_bias=bias is not None)
+    return outputs, [h] + ([c] if c is not None else []), saved
+
+
+def rnn_backward_kernel(spec, saved, d_outputs, d_states):
+    """Kernel path of :func:`rnn_backward`: per step one fused gate-gradient kernel and the
+    GEMM d_inner @ U^T; the weight gradients as one GEMM over all steps at the end."""
+    xs, pre, W, U = saved["xs"], saved["pre"], saved["W"], saved["U"]
+    xp = kernels.array_module(xs)
+    acc = xs.dtype
+    u = spec.units
+    cell = CELLS.index(spec.cell)
+    steps, batch = xs.shape[:2]
+    dh = xp.zeros((batch, u), acc) if d_states[0] is None else xp.ascontiguousarray(d_states[0], dtype=acc)
+    dc = None
+    if spec.has_cell_state:
+        dc = xp.zeros((batch, u), acc) if len(d_states) < 2 or d_states[1] is None else \
+            xp.ascontiguousarray(d_states[1], dtype=acc)
+    d_outputs = xp.ascontiguousarray(d_outputs, dtype=acc)
+    d_xw = xp.empty_like(pre)
+    d_inner = xp.empty_like(pre) if spec.cell == "gru" else d_xw
+    act, ract = _codes(spec)
+    dims = (np.int32(batch), np.int32(u))
+    has_mask = np.int32(saved["mask"])
+    for t in reversed(range(steps)):
+        mask_t = saved["ms"][t] if saved["mask"] else saved["ms"]
+        dh_direct = xp.empty_like(dh)
+        dc_prev = xp.empty_like(dh) if dc is not None else dh_direct
+        _launch(f"rnn_step_backward<{{T}}, {cell}>", saved["dtype"], batch * u,
+                (d_outputs[t], pre[t], saved["extra"][t], saved["h_prev"][t],
+                 saved["c_prev"][t] if dc is not None else dh, mask_t, has_mask, dh, dc if dc is not None else dh,
+                 d_xw[t], d_inner[t], dh_direct, dc_prev, *dims, act, ract, np.int32(spec.zero_output_for_mask)))
+        if spec.cell == "gru_reset_before":
+            d_rh = xp.matmul(d_xw[t, :, 2 * u:], U[:, 2 * u:].T)
+            _launch("gru_reset_gate_backward<{T}>", saved["dtype"], batch * u,
+                    (d_rh, pre[t], saved["h_prev"][t], d_xw[t], dh_direct, *dims, ract))
+            dh = dh_direct + xp.matmul(d_xw[t, :, :2 * u], U[:, :2 * u].T)
+        else:
+            dh = dh_direct + xp.matmul(d_inner[t], U.T)
+        if dc is not None:
+            dc = dc_prev
+    flat = lambda v: v.reshape(steps * batch, -1)  # noqa: E731
+    grads = {"kernel": xp.matmul(flat(xs).T, flat(d_xw))}
+    if spec.cell == "gru_reset_before":
+        grads["recurrent_kernel"] = xp.concatenate(
+            [xp.matmul(flat(saved["h_prev"]).T, flat(d_xw[:, :, :2 * u])),
+             xp.matmul(flat(saved["extra"]).T, flat(d_xw[:, :, 2 * u:]))], axis=1)
+    else:
+        grads["recurrent_kernel"] = xp.matmul(flat(saved["h_prev"]).T, flat(d_inner))
+    if saved["has_bias"]:
+        grads["bias"] = xp.stack([d_xw.sum((0, 1)), d_inner.sum((0, 1))]) if spec.cell == "gru" \
+            else d_xw.sum((0, 1))
+    dxs = xp.matmul(d_xw, W.T)
+    if spec.go_backwards:
+        dxs = dxs[::-1]
+    dx = xp.ascontiguousarray(xp.swapaxes(dxs, 0, 1)).astype(saved["dtype"])
+    return dx, [dh] + ([dc] if dc is not None else []), grads
