@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 
 from . import kernels, simulator, testing
-from .layers import normalization, pooling, upsampling
+from .layers import normalization, pooling, recurrent, upsampling
 
 DTYPES = (np.float32, np.float64, np.float16)
 
@@ -56,11 +56,24 @@ def batchnorm_cases():
             yield normalization.BatchNormalization, dict(axis=axis), shape, dict(training=training)
 
 
+def recurrent_cases():
+    mask = np.ones((5, 7), bool)
+    mask[0, 2:4] = False
+    mask[3, :2] = False
+    for cls, kw in [(recurrent.SimpleRNN, dict(units=67)), (recurrent.LSTM, dict(units=67, return_sequences=True)),
+                    (recurrent.GRU, dict(units=67, go_backwards=True)),
+                    (recurrent.GRU, dict(units=67, reset_after=False, return_sequences=True))]:
+        yield cls, dict(kw, seed=1), (5, 7, 9), dict(mask=mask)
+    yield (lambda **kw: recurrent.Bidirectional(recurrent.LSTM(**kw))), dict(units=33, return_sequences=True, seed=2), \
+        (5, 7, 9), dict(mask=mask)
+
+
 def cases():
     """(layer class, constructor kwargs, input shape[, call kwargs])."""
     yield from pooling_cases()
     yield from upsampling_cases()
     yield from batchnorm_cases()
+    yield from recurrent_cases()
 
 
 def path_name():
@@ -85,7 +98,7 @@ def run(out=print, seed=0) -> int:
     else:
         out("no GPU and no C++ compiler: kernels were NOT executed; checking the NumPy path and "
             "NVRTC compilation only")
-    header = f"{'layer':24} {'config':58} {'dtype':8} {'path':10} {'pass':9} {'max abs':>10} {'max rel':>10}  ok"
+    header = f"{'layer':24} {'config':58} {'dtype':8} {'path':10} {'pass':27} {'max abs':>10} {'max rel':>10}  ok"
     out(header)
     out("-" * len(header))
     failures = 0
@@ -97,7 +110,8 @@ def run(out=print, seed=0) -> int:
             y_ref = ref_layer(x, **call_kw)
             dy = rng.standard_normal(y_ref.shape).astype(dtype)
             dx_ref = ref_layer.backward(dy)
-            config = ", ".join(f"{k}={v}" for k, v in {**kw, **call_kw}.items()) + f", x={shape}"
+            shown = {**kw, **{k: ("<mask>" if isinstance(v, np.ndarray) else v) for k, v in call_kw.items()}}
+            config = ", ".join(f"{k}={v}" for k, v in shown.items() if k != "seed") + f", x={shape}"
             config = config.replace("data_format=", "").replace("channels_", "")
             if path is None:
                 rows = [("forward", *testing.compare(y_ref, y_ref)[:3])]
@@ -105,7 +119,8 @@ def run(out=print, seed=0) -> int:
                 layer = cls(**kw)
                 if path == "gpu":
                     cp = kernels.cupy_module()
-                    y = layer(cp.asarray(x), **call_kw)
+                    y = layer(cp.asarray(x), **{k: cp.asarray(v) if isinstance(v, np.ndarray) else v
+                                                for k, v in call_kw.items()})
                     dx = layer.backward(cp.asarray(dy))
                 else:
                     with kernels.simulate():
@@ -113,14 +128,14 @@ def run(out=print, seed=0) -> int:
                         dx = layer.backward(dy)
                 rows = [("forward", *testing.compare(y, y_ref)[:3]),
                         ("backward", *testing.compare(dx, dx_ref)[:3])]
-                # weight gradients: float16 inputs keep float32 weights, compared as float32
-                wtol = np.float32 if np.dtype(dtype) == np.float16 else None
+                # weight gradients: float16 layers keep float32 weights; their tolerance is float16's
+                wtol = np.float16 if np.dtype(dtype) == np.float16 else None
                 rows += [(f"d {k}", *testing.compare(layer.grads[k], ref_layer.grads[k], wtol)[:3])
                          for k in sorted(ref_layer.grads)]
             for name, ok, max_abs, max_rel in rows:
                 failures += not ok
-                out(f"{cls.__name__:24} {config[:58]:58} {np.dtype(dtype).name:8} {path or 'numpy':10} "
-                    f"{name:9} {max_abs:10.2e} {max_rel:10.2e}  {'ok' if ok else 'MISMATCH'}")
+                out(f"{type(ref_layer).__name__:24} {config[:58]:58} {np.dtype(dtype).name:8} {path or 'numpy':10} "
+                    f"{name:27} {max_abs:10.2e} {max_rel:10.2e}  {'ok' if ok else 'MISMATCH'}")
     if path is None:
         for source in kernels.declared():
             for dtype in DTYPES:

@@ -152,3 +152,87 @@ def test_batch_normalization_matches_keras(axis, shape, center, scale, training)
         if training:
             assert_close(ours.state["moving_mean"], moving_k[0], np.float32, what=f"{path} moving mean vs Keras")
             assert_close(ours.state["moving_variance"], moving_k[1], np.float32, what=f"{path} moving variance vs Keras")
+
+
+def keras_functional(layer, x, states, mask, dy_fn):
+    """Outputs and gradients (weights, x, initial states) of a Keras layer through jax.vjp."""
+    import jax
+    import jax.numpy as jnp
+
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+
+    def f(tv, xv, sv):
+        kwargs = {}
+        if sv is not None:
+            kwargs["initial_state"] = sv
+        if mask is not None:
+            kwargs["mask"] = jnp.asarray(mask)
+        return layer.stateless_call(tv, non_trainable, xv, **kwargs)[0]
+
+    y, vjp = jax.vjp(f, trainable, x, states)
+    ys = list(y) if isinstance(y, (list, tuple)) else [y]
+    dys = [dy_fn(np.shape(a)).astype(np.float32) for a in ys]
+    d_w, dx, d_states = vjp(type(y)(dys) if isinstance(y, (list, tuple)) else dys[0])
+    return [np.asarray(a) for a in ys], dys, [np.asarray(g) for g in d_w], np.asarray(dx), d_states
+
+
+RNN_MASK = np.array([[1, 1, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], bool)
+
+
+@pytest.mark.parametrize("masked,with_state", [(False, False), (True, True)])
+@pytest.mark.parametrize("bidirectional", [None, "concat", "mul"])
+@pytest.mark.parametrize("name,kw", [
+    ("SimpleRNN", dict(units=5, return_sequences=True, return_state=True)),
+    ("SimpleRNN", dict(units=5, activation="relu", go_backwards=True)),
+    ("LSTM", dict(units=5, return_sequences=True, return_state=True)),
+    ("LSTM", dict(units=5, recurrent_activation="hard_sigmoid", go_backwards=True, return_sequences=True)),
+    ("GRU", dict(units=5, return_sequences=True, return_state=True)),
+    ("GRU", dict(units=5, reset_after=False, go_backwards=True, return_sequences=True, return_state=True)),
+    ("GRU", dict(units=5, activation="linear")),
+    ("LSTM", dict(units=5, use_bias=False)),
+])
+def test_recurrent_layers_match_keras(name, kw, bidirectional, masked, with_state):
+    """float32 (Keras's RNNs keep float32 zero states even under a float64 policy)."""
+    if BACKEND != "jax":
+        pytest.skip("the recurrent oracle uses jax's functional stateless_call")
+    if bidirectional and kw.get("go_backwards"):
+        pytest.skip("Keras 3 refuses Bidirectional around a go_backwards layer (both copies go backwards)")
+    x = rng.standard_normal((3, 6, 4)).astype(np.float32)
+    theirs = getattr(keras.layers, name)(**kw)
+    ours = getattr(gl, name)(**kw)
+    if bidirectional:
+        theirs = keras.layers.Bidirectional(theirs, merge_mode=bidirectional)
+        ours = gl.Bidirectional(ours, merge_mode=bidirectional)
+    theirs.build(x.shape)
+    weights = [(rng.standard_normal(w.shape) * 0.5).astype(np.float32) for w in theirs.get_weights()]
+    theirs.set_weights(weights)
+    n_states = (2 if name == "LSTM" else 1) * (2 if bidirectional else 1)
+    states = [rng.standard_normal((3, 5)).astype(np.float32) for _ in range(n_states)] if with_state else None
+    mask = RNN_MASK if masked else None
+    ys, dys, d_w, dx, d_states = keras_functional(theirs, x, states, mask, rng.standard_normal)
+    for path in ("reference", "simulator"):
+        layer = getattr(gl, name)(**kw) if not bidirectional else \
+            gl.Bidirectional(getattr(gl, name)(**kw), merge_mode=bidirectional)
+        with (gl.simulate() if path == "simulator" else _Nothing()):
+            layer(x, initial_state=states, mask=mask)
+            layer.set_weights(weights)
+            outs = layer(x, initial_state=states, mask=mask)
+            outs = outs if isinstance(outs, list) else [outs]
+            grads = layer.backward(dys if len(dys) > 1 else dys[0])
+        for k, (a, b) in enumerate(zip(outs, ys)):
+            assert_close(a, b, what=f"{path} output {k} vs Keras")
+        assert_close(grads[0] if with_state else grads, dx, what=f"{path} dx vs Keras")
+        if with_state:
+            for k, (a, b) in enumerate(zip(grads[1:], d_states)):
+                assert_close(a, np.asarray(b), what=f"{path} d initial_state[{k}] vs Keras")
+        for wname, g in zip(layer.weight_names, d_w):
+            assert_close(layer.grads[wname], g, what=f"{path} d {wname} vs Keras")
+
+
+class _Nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

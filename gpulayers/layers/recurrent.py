@@ -638,12 +638,12 @@ class Bidirectional(Layer):
                 d = xp.zeros(sub._output_meta[0][0] if isinstance(sub._output_meta, list) else sub._output_meta[0],
                              x.dtype)
             results.append(sub.backward([d] + list(ds) if sub.return_state else d))
+        self.grads = {**{f"forward_{k}": v for k, v in self.forward_layer.grads.items()},
+                      **{f"backward_{k}": v for k, v in self.backward_layer.grads.items()}}
         if had_initial_state:
             (dxf, *dsf), (dxb, *dsb) = results
             return [dxf + dxb] + dsf + dsb
         dxf, dxb = results
-        self.grads = {**{f"forward_{k}": v for k, v in self.forward_layer.grads.items()},
-                      **{f"backward_{k}": v for k, v in self.backward_layer.grads.items()}}
         return dxf + dxb
 
 
