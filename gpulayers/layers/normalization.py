@@ -14,6 +14,7 @@ Inference uses the moving statistics. Backward keeps only per-channel mean and 1
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -106,9 +107,9 @@ def _channel_view(x, axes):
         first, last = x.ndim - len(axes), x.ndim - 1
     else:
         x = xp.ascontiguousarray(x)
-    r1 = int(np.prod(x.shape[:first]))
-    c = int(np.prod(x.shape[first:last + 1]))
-    r2 = int(np.prod(x.shape[last + 1:]))
+    r1 = math.prod(x.shape[:first])
+    c = math.prod(x.shape[first:last + 1])
+    r2 = math.prod(x.shape[last + 1:])
     return x, r1, c, r2
 
 
@@ -256,8 +257,8 @@ class BatchNormalization(Layer):
             raise ValueError(f"{layer}: `inputs` must not be empty in training. Received: inputs.shape={tuple(x.shape)}")
         xp, on_kernels = kernels.kernel_path(x)
         acc = _acc_dtype(x.dtype)
-        gamma = self.params.get("gamma", xp.ones(shape, acc))
-        beta = self.params.get("beta", xp.zeros(shape, acc))
+        gamma = self.params["gamma"] if self.scale else xp.ones(shape, acc)
+        beta = self.params["beta"] if self.center else xp.zeros(shape, acc)
         b = _broadcast_shape(x.shape, self._axes)
         if training:
             if on_kernels:
@@ -282,13 +283,13 @@ class BatchNormalization(Layer):
         xp, on_kernels = kernels.kernel_path(x)
         shape = tuple(mean.shape)
         acc = _acc_dtype(x.dtype)
-        gamma = self.params.get("gamma", xp.ones(shape, acc))
+        gamma = self.params["gamma"] if self.scale else xp.ones(shape, acc)
         b = _broadcast_shape(x.shape, self._axes)
         if on_kernels:
             sum_dy, sum_dy_xhat = batch_norm_grad_sums_kernel(x, dy, mean.reshape(-1), inv_std.reshape(-1), self._axes)
             sum_dy, sum_dy_xhat = sum_dy.reshape(shape), sum_dy_xhat.reshape(shape)
             if training:
-                m = acc.type(x.size // int(np.prod(shape)))
+                m = acc.type(x.size // math.prod(shape))
                 dx = _train_input_grad(x, dy, mean.reshape(b), inv_std.reshape(b), gamma.reshape(b),
                                        (sum_dy / m).reshape(b), (sum_dy_xhat / m).reshape(b))
             else:

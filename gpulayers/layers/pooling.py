@@ -13,6 +13,8 @@ number of real cells in each window.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -218,8 +220,10 @@ def _cl(data_format):
     return "true" if data_format == "channels_last" else "false"
 
 
+@functools.lru_cache(maxsize=512)
 def _kernel_geometry(x_shape, pool_size, strides, padding, data_format):
-    """(output shape, the 17 geometry arguments) of a windowed pooling kernel."""
+    """(output shape, the 17 geometry arguments) of a windowed pooling kernel; memoised, so a
+    layer called again on the same shape does no shape arithmetic."""
     spatial = x_shape[2:] if data_format == "channels_first" else x_shape[1:-1]
     out, pads = pool_geometry(spatial, pool_size, strides, padding)
     y_shape = (x_shape[0], x_shape[1], *out) if data_format == "channels_first" else (x_shape[0], *out, x_shape[-1])
@@ -230,7 +234,7 @@ def max_pool_forward_kernel(x, pool_size, strides, padding, data_format):
     """Kernel path of max pooling: (y, one-byte window argmax or None when recomputed)."""
     xp = kernels.array_module(x)
     x = xp.ascontiguousarray(x)
-    y_shape, geom = _kernel_geometry(x.shape, pool_size, strides, padding, data_format)
+    y_shape, geom = _kernel_geometry(tuple(x.shape), pool_size, strides, padding, data_format)
     y = xp.empty(y_shape, x.dtype)
     save = int(np.prod(pool_size)) <= MAX_SAVED_WINDOW
     argmax = xp.empty(y_shape if save else (1,), np.uint8)
@@ -242,7 +246,7 @@ def max_pool_forward_kernel(x, pool_size, strides, padding, data_format):
 def max_pool_backward_kernel(x, argmax, dy, pool_size, strides, padding, data_format):
     xp = kernels.array_module(x)
     x, dy = xp.ascontiguousarray(x), xp.ascontiguousarray(dy)
-    _, geom = _kernel_geometry(x.shape, pool_size, strides, padding, data_format)
+    _, geom = _kernel_geometry(tuple(x.shape), pool_size, strides, padding, data_format)
     dx = xp.empty(x.shape, x.dtype)
     saved = argmax is not None
     kernels.launch(SOURCE, f"max_pool_backward<{{T}}, {_cl(data_format)}>", x.dtype,
@@ -254,7 +258,7 @@ def max_pool_backward_kernel(x, argmax, dy, pool_size, strides, padding, data_fo
 def avg_pool_forward_kernel(x, pool_size, strides, padding, data_format):
     xp = kernels.array_module(x)
     x = xp.ascontiguousarray(x)
-    y_shape, geom = _kernel_geometry(x.shape, pool_size, strides, padding, data_format)
+    y_shape, geom = _kernel_geometry(tuple(x.shape), pool_size, strides, padding, data_format)
     y = xp.empty(y_shape, x.dtype)
     kernels.launch(SOURCE, f"avg_pool_forward<{{T}}, {_cl(data_format)}>", x.dtype,
                    kernels.grid_1d(y.size, BLOCK), BLOCK, (x, y, *geom))

@@ -10,6 +10,8 @@ Bilinear (Keras/TF): half-pixel centres, align_corners off, taps clamped at the 
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import kernels, validation
@@ -97,6 +99,7 @@ def upsample_bilinear_backward(dy, size, data_format="channels_last"):
 
 # ----------------------------------------------------------------------------- kernel path
 
+@functools.lru_cache(maxsize=512)
 def _kernel_args(in_shape, size, data_format):
     """The 8 int32 arguments (N, C, D, H, W, SD, SH, SW) of the upsampling kernels."""
     k = len(size)
@@ -135,7 +138,7 @@ def upsample_kernel(x, size, data_format, interpolation="nearest"):
     xp = kernels.array_module(x)
     x = xp.ascontiguousarray(x)
     y = xp.empty(_out_shape(x.shape, size, data_format), x.dtype)
-    args = _kernel_args(x.shape, size, data_format)
+    args = _kernel_args(tuple(x.shape), size, data_format)
     cl = "true" if data_format == "channels_last" else "false"
     if interpolation == "nearest":
         vec = _vector_width((x, y), int(args[1]), data_format, x.dtype.itemsize)
@@ -152,7 +155,7 @@ def upsample_backward_kernel(dy, x_shape, size, data_format, interpolation="near
     xp = kernels.array_module(dy)
     dy = xp.ascontiguousarray(dy)
     dx = xp.empty(x_shape, dy.dtype)
-    args = _kernel_args(x_shape, size, data_format)
+    args = _kernel_args(tuple(x_shape), size, data_format)
     cl = "true" if data_format == "channels_last" else "false"
     if interpolation == "nearest":
         vec = _vector_width((dy, dx), int(args[1]), data_format, dy.dtype.itemsize)

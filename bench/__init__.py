@@ -1,0 +1,1 @@
+"""Benchmarks of gpulayers against PyTorch and the memory roofline (``python -m bench``)."""

@@ -1,0 +1,114 @@
+"""Benchmark cases: one entry per layer configuration, with its PyTorch equivalent.
+
+A case builds our layer, its input, and a PyTorch function computing the same thing with
+Keras's semantics (TF-style asymmetric "same" padding is an explicit F.pad in PyTorch).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import gpulayers as gl
+
+
+@dataclass
+class Case:
+    name: str  # layer and configuration, e.g. "MaxPooling2D 3x3/2 same"
+    layer: str  # layer family for --filter
+    make: callable  # () -> gpulayers layer
+    shape: tuple  # input shape in the layer's layout
+    dtype: str = "float32"
+    layout: str = "channels_last"
+    call: dict = field(default_factory=dict)
+    torch_fn: callable = None  # (torch module, x tensor) -> y tensor, x in NCHW logical order
+    recurrent: bool = False
+    quick: bool = False
+
+    def label(self):
+        return f"{self.name} {self.layout.replace('channels_', '')} {self.dtype} {'x'.join(map(str, self.shape))}"
+
+
+def _torch_pad_same(torch, x, pool, stride):
+    """TF/Keras 'same' padding for NCHW x (asymmetric: the extra cell goes after)."""
+    pads = []
+    for size, k, s in zip(reversed(x.shape[2:]), reversed(pool), reversed(stride)):
+        out = -(-size // s)
+        total = max((out - 1) * s + k - size, 0)
+        pads += [total // 2, total - total // 2]
+    return torch.nn.functional.pad(x, pads, value=float("-inf")) if any(pads) else x
+
+
+def image_cases(big: bool) -> list[Case]:
+    shapes = [(64, 112, 112, 64), (32, 56, 56, 256)] if big else [(8, 56, 56, 32)]
+    cases = []
+    for (n, h, w, c), layout, dtype in [(s, lay, dt) for s in shapes for lay in ("channels_last", "channels_first")
+                                        for dt in ("float32", "float16")]:
+        shape = (n, h, w, c) if layout == "channels_last" else (n, c, h, w)
+        quick = (n, h, w, c) == shapes[-1] and dtype == "float32"
+        common = dict(shape=shape, dtype=dtype, layout=layout, quick=quick)
+        cases += [
+            Case("MaxPooling2D 2x2/2", "pooling", lambda lay=layout: gl.MaxPooling2D(2, data_format=lay),
+                 torch_fn=lambda torch, x: torch.nn.functional.max_pool2d(x, 2, 2), **common),
+            Case("MaxPooling2D 3x3/2 same", "pooling",
+                 lambda lay=layout: gl.MaxPooling2D(3, 2, "same", data_format=lay),
+                 torch_fn=lambda torch, x: torch.nn.functional.max_pool2d(_torch_pad_same(torch, x, (3, 3), (2, 2)), 3, 2),
+                 **common),
+            Case("AveragePooling2D 2x2/2", "pooling", lambda lay=layout: gl.AveragePooling2D(2, data_format=lay),
+                 torch_fn=lambda torch, x: torch.nn.functional.avg_pool2d(x, 2, 2), **common),
+            Case("GlobalAveragePooling2D", "pooling", lambda lay=layout: gl.GlobalAveragePooling2D(data_format=lay),
+                 torch_fn=lambda torch, x: x.mean((2, 3)), **common),
+            Case("UpSampling2D nearest x2", "upsampling", lambda lay=layout: gl.UpSampling2D(2, data_format=lay),
+                 torch_fn=lambda torch, x: torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"), **common),
+            Case("UpSampling2D bilinear x2", "upsampling",
+                 lambda lay=layout: gl.UpSampling2D(2, data_format=lay, interpolation="bilinear"),
+                 torch_fn=lambda torch, x: torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear",
+                                                                           align_corners=False), **common),
+            Case("BatchNormalization train", "batchnorm",
+                 lambda lay=layout: gl.BatchNormalization(axis=-1 if lay == "channels_last" else 1),
+                 call=dict(training=True), torch_fn=_torch_batchnorm, **common),
+        ]
+    return cases
+
+
+def _torch_batchnorm(torch, x):
+    c = x.shape[1]
+    if not hasattr(_torch_batchnorm, "state") or _torch_batchnorm.state[0].shape[0] != c \
+            or _torch_batchnorm.state[0].device != x.device:
+        p = dict(device=x.device, dtype=torch.float32)
+        _torch_batchnorm.state = (torch.zeros(c, **p), torch.ones(c, **p), torch.ones(c, **p, requires_grad=True),
+                                  torch.zeros(c, **p, requires_grad=True))
+    rm, rv, wt, b = _torch_batchnorm.state
+    return torch.nn.functional.batch_norm(x, rm, rv, wt.to(x.dtype) if x.dtype != torch.float32 else wt,
+                                          b.to(x.dtype) if x.dtype != torch.float32 else b,
+                                          training=True, momentum=0.01, eps=1e-3)
+
+
+def recurrent_cases(big: bool) -> list[Case]:
+    sizes = [(64, 100, 512, 512), (8, 200, 256, 256), (256, 50, 1024, 1024)] if big else [(8, 20, 64, 64)]
+    cases = []
+    for batch, steps, features, units in sizes:
+        quick = (batch, steps) == (sizes[0][0], sizes[0][1])
+        for name in ("GRU", "LSTM", "SimpleRNN"):
+            cases.append(Case(f"{name} u{units}", "recurrent",
+                              lambda name=name, units=units: getattr(gl, name)(units, return_sequences=True),
+                              shape=(batch, steps, features), layout="batch_time", recurrent=True, quick=quick,
+                              torch_fn=_torch_rnn(name, features, units)))
+    return cases
+
+
+def _torch_rnn(name, features, units):
+    cache = {}
+
+    def fn(torch, x):
+        key = (x.device, x.dtype)
+        if key not in cache:
+            cls = {"GRU": torch.nn.GRU, "LSTM": torch.nn.LSTM, "SimpleRNN": torch.nn.RNN}[name]
+            cache[key] = cls(features, units, batch_first=True).to(device=x.device, dtype=x.dtype)
+        return cache[key](x)[0]
+
+    return fn
+
+
+def all_cases(big: bool) -> list[Case]:
+    return image_cases(big) + recurrent_cases(big)
