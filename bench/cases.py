@@ -72,16 +72,22 @@ def image_cases(big: bool) -> list[Case]:
 
 
 def _torch_batchnorm(torch, x):
+    """F.batch_norm in training mode; float32 statistics and weights (half input on CUDA mixes
+    them natively; PyTorch's CPU kernel wants one dtype, so there they follow x)."""
     c = x.shape[1]
-    if not hasattr(_torch_batchnorm, "state") or _torch_batchnorm.state[0].shape[0] != c \
-            or _torch_batchnorm.state[0].device != x.device:
-        p = dict(device=x.device, dtype=torch.float32)
-        _torch_batchnorm.state = (torch.zeros(c, **p), torch.ones(c, **p), torch.ones(c, **p, requires_grad=True),
-                                  torch.zeros(c, **p, requires_grad=True))
-    rm, rv, wt, b = _torch_batchnorm.state
-    return torch.nn.functional.batch_norm(x, rm, rv, wt.to(x.dtype) if x.dtype != torch.float32 else wt,
-                                          b.to(x.dtype) if x.dtype != torch.float32 else b,
-                                          training=True, momentum=0.01, eps=1e-3)
+    key = (c, x.device, x.dtype)
+    state = _torch_batchnorm.cache.get(key)
+    if state is None:
+        dtype = x.dtype if x.device.type == "cpu" else torch.float32
+        p = dict(device=x.device, dtype=dtype)
+        state = _torch_batchnorm.cache[key] = (torch.zeros(c, **p), torch.ones(c, **p),
+                                               torch.ones(c, **p, requires_grad=True),
+                                               torch.zeros(c, **p, requires_grad=True))
+    rm, rv, wt, b = state
+    return torch.nn.functional.batch_norm(x, rm, rv, wt, b, training=True, momentum=0.01, eps=1e-3)
+
+
+_torch_batchnorm.cache = {}
 
 
 def recurrent_cases(big: bool) -> list[Case]:

@@ -34,6 +34,7 @@ NVRTC_OPTIONS = ("-std=c++17",)
 
 _KERNELS: dict[str, tuple[str, ...]] = {}  # source file -> name-expression templates ({T} = dtype)
 _modules: dict[tuple, object] = {}  # (source, source hash, dtype, device) -> compiled module
+_functions: dict[tuple, object] = {}  # (id of a module in _modules, name) -> CuPy kernel function
 _lock = threading.Lock()
 _state = threading.local()
 
@@ -259,7 +260,10 @@ def launch(source: str, template: str, dtype, grid, block, args, shared_mem: int
     block = tuple(int(b) for b in (block if isinstance(block, tuple) else (block,)))
     module = _module(source, dtype, simulated=not on_gpu)
     if on_gpu:
-        module.get_function(name)(grid, block, tuple(args), shared_mem=shared_mem)
+        function = _functions.get((id(module), name))
+        if function is None:
+            function = _functions[(id(module), name)] = module.get_function(name)
+        function(grid, block, tuple(args), shared_mem=shared_mem)
     else:
         module.launch(name, grid, block, args, shared_mem)
 
