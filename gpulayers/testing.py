@@ -48,3 +48,15 @@ def assert_close(actual, expected, dtype=None, equal_nan=False, what="result"):
     ok, max_abs, max_rel, message = compare(actual, expected, dtype, equal_nan)
     if not ok:
         raise AssertionError(f"{what}: {message}; max abs error {max_abs:.3g}, max rel error {max_rel:.3g}")
+
+
+def numerical_gradient(f, x, dy=None, eps=1e-6):
+    """Central differences in float64: d f(x) / dx for a scalar f, or d sum(f(x) * dy) / dx."""
+    loss = (lambda v: float(f(v))) if dy is None else (lambda v: float(np.sum(f(v) * dy)))
+    g = np.zeros_like(x, dtype=np.float64)
+    for i in np.ndindex(*x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[i] += eps
+        minus[i] -= eps
+        g[i] = (loss(plus) - loss(minus)) / (2 * eps)
+    return g

@@ -5,7 +5,7 @@ import pytest
 import gpulayers as gl
 from gpulayers import kernels
 from gpulayers.layers import normalization as bn
-from gpulayers.testing import assert_close, to_numpy
+from gpulayers.testing import assert_close, numerical_gradient, to_numpy
 
 from conftest import DTYPES
 
@@ -55,7 +55,7 @@ def test_statistics_and_forward_against_direct_formulas(axis, shape):
     assert_close(y_inf, (x - mm.reshape(b)) / np.sqrt(mv.reshape(b) + 0.01) * gamma.reshape(b) + beta.reshape(b))
 
 
-def numerical_grads(layer_factory, x, dy, training, eps=1e-6):
+def numerical_grads(layer_factory, x, dy, training):
     """Central differences of sum(y * dy) w.r.t. x, gamma and beta (weights held fixed)."""
     def loss(xv, ws):
         layer = layer_factory()
@@ -66,21 +66,9 @@ def numerical_grads(layer_factory, x, dy, training, eps=1e-6):
     layer = layer_factory()
     layer(x, training=False)
     ws0 = layer.get_weights()
-    grads = []
-    for target in ["x"] + list(range(len(ws0) - 2)):
-        base = x if target == "x" else ws0[target]
-        g = np.zeros_like(base)
-        for i in np.ndindex(*base.shape):
-            plus, minus = base.copy(), base.copy()
-            plus[i] += eps
-            minus[i] -= eps
-            if target == "x":
-                g[i] = (loss(plus, ws0) - loss(minus, ws0)) / (2 * eps)
-            else:
-                wp, wm = list(ws0), list(ws0)
-                wp[target], wm[target] = plus, minus
-                g[i] = (loss(x, wp) - loss(x, wm)) / (2 * eps)
-        grads.append(g)
+    grads = [numerical_gradient(lambda v: loss(v, ws0), x)]
+    for k in range(len(ws0) - 2):  # the trainable weights (the last two are moving statistics)
+        grads.append(numerical_gradient(lambda v: loss(x, [v if i == k else w for i, w in enumerate(ws0)]), ws0[k]))
     return grads
 
 

@@ -6,7 +6,7 @@ import pytest
 
 import gpulayers as gl
 from gpulayers.layers import pooling
-from gpulayers.testing import assert_close
+from gpulayers.testing import assert_close, numerical_gradient
 
 rng = np.random.default_rng(1234)
 
@@ -63,14 +63,6 @@ def test_forward_matches_direct_loops(op, padding, data_format, rank, spatial, p
     assert_close(y, direct_pool(x, op, pool, strides, padding, data_format))
 
 
-def numerical_grad(f, x, dy, eps=1e-6):
-    g = np.zeros_like(x)
-    for i in np.ndindex(*x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[i] += eps
-        xm[i] -= eps
-        g[i] = np.sum((f(xp) - f(xm)) * dy) / (2 * eps)
-    return g
 
 
 @pytest.mark.parametrize("op", ["max", "avg"])
@@ -85,7 +77,7 @@ def test_backward_matches_numerical_gradient(op, padding, data_format, rank, spa
     y = fwd(x, *args)
     dy = rng.standard_normal(y.shape)
     dx = pooling.max_pool_backward(x, dy, *args) if op == "max" else pooling.avg_pool_backward(x.shape, dy, *args)
-    assert_close(dx, numerical_grad(lambda v: fwd(v, *args), x, dy), np.float32)  # central differences: ~1e-9
+    assert_close(dx, numerical_gradient(lambda v: fwd(v, *args), x, dy), np.float32)  # central differences: ~1e-9
 
 
 @pytest.mark.parametrize("op", ["max", "avg"])
@@ -107,7 +99,7 @@ def test_global_pooling_against_direct_formula_and_gradient(op, rank, data_forma
     assert_close(y, expected)
     dy = rng.standard_normal(y.shape)
     dx = pooling.global_pool_backward(x, dy, op, data_format)
-    assert_close(dx, numerical_grad(lambda v: pooling.global_pool_forward(v, op, data_format, keepdims), x, dy),
+    assert_close(dx, numerical_gradient(lambda v: pooling.global_pool_forward(v, op, data_format, keepdims), x, dy),
                  np.float32)
 
 

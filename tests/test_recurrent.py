@@ -5,7 +5,7 @@ import pytest
 
 import gpulayers as gl
 from gpulayers.layers import recurrent
-from gpulayers.testing import assert_close, to_numpy
+from gpulayers.testing import assert_close, numerical_gradient, to_numpy
 
 from conftest import DTYPES
 
@@ -102,14 +102,6 @@ def test_reference_matches_direct_equations(name, kw, mask, with_state):
         assert_close(ours, theirs)
 
 
-def numerical(f, value, eps=1e-6):
-    g = np.zeros_like(value)
-    for i in np.ndindex(*value.shape):
-        p, m = value.copy(), value.copy()
-        p[i] += eps
-        m[i] -= eps
-        g[i] = (f(p) - f(m)) / (2 * eps)
-    return g
 
 
 @pytest.mark.parametrize("return_sequences", [False, True])
@@ -133,12 +125,12 @@ def test_backward_matches_numerical_gradients(name, kw, return_sequences):
         fresh.set_weights(wv)
         return sum(float(np.sum(o * d)) for o, d in zip(fresh(xv, initial_state=sv, mask=HOLES), dys) if d is not None)
 
-    assert_close(grads[0], numerical(lambda v: loss(xv=v), x), np.float32, what="dx")
+    assert_close(grads[0], numerical_gradient(lambda v: loss(xv=v), x), np.float32, what="dx")
     for k in range(layer.state_count):
-        num = numerical(lambda v: loss(sv=[v if i == k else s for i, s in enumerate(states)]), states[k])
+        num = numerical_gradient(lambda v: loss(sv=[v if i == k else s for i, s in enumerate(states)]), states[k])
         assert_close(grads[1 + k], num, np.float32, what=f"d initial_state[{k}]")
     for k, wname in enumerate(layer.weight_names):
-        num = numerical(lambda v: loss(wv=[v if i == k else w for i, w in enumerate(ws)]), ws[k])
+        num = numerical_gradient(lambda v: loss(wv=[v if i == k else w for i, w in enumerate(ws)]), ws[k])
         assert_close(layer.grads[wname], num, np.float32, what=f"d {wname}")
 
 
@@ -205,7 +197,7 @@ def test_bidirectional_against_two_layers(merge_mode):
         outs = b2(v, mask=HOLES)
         return sum(float(np.sum(o * d)) for o, d in zip(outs if merge_mode is None else [outs], dys))
 
-    assert_close(dx, numerical(loss, x), np.float32)
+    assert_close(dx, numerical_gradient(loss, x), np.float32)
     assert len(bi.get_weights()) == 6 and set(bi.grads) == {f"{d}_{w}" for d in ("forward", "backward")
                                                              for w in ("kernel", "recurrent_kernel", "bias")}
 

@@ -6,7 +6,7 @@ import pytest
 
 import gpulayers as gl
 from gpulayers.layers import upsampling
-from gpulayers.testing import assert_close
+from gpulayers.testing import assert_close, numerical_gradient
 
 from conftest import DTYPES, random_input
 
@@ -43,14 +43,6 @@ def direct_bilinear(x, size, data_format):
     return np.moveaxis(out, -1, 1) if data_format == "channels_first" else out
 
 
-def numerical_grad(f, x, dy, eps=1e-6):
-    g = np.zeros_like(x)
-    for i in np.ndindex(*x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[i] += eps
-        xm[i] -= eps
-        g[i] = np.sum((f(xp) - f(xm)) * dy) / (2 * eps)
-    return g
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
@@ -62,7 +54,7 @@ def test_nearest_reference(size, spatial, data_format):
     assert_close(y, direct_nearest(x, size, data_format))
     dy = rng.standard_normal(y.shape)
     dx = upsampling.upsample_nearest_backward(dy, size, data_format)
-    assert_close(dx, numerical_grad(lambda v: upsampling.upsample_nearest(v, size, data_format), x, dy),
+    assert_close(dx, numerical_gradient(lambda v: upsampling.upsample_nearest(v, size, data_format), x, dy),
                  np.float32)
 
 
@@ -75,7 +67,7 @@ def test_bilinear_reference(size, data_format):
     assert_close(y, direct_bilinear(x, size, data_format))
     dy = rng.standard_normal(y.shape)
     dx = upsampling.upsample_bilinear_backward(dy, size, data_format)
-    assert_close(dx, numerical_grad(lambda v: upsampling.upsample_bilinear(v, size, data_format), x, dy),
+    assert_close(dx, numerical_gradient(lambda v: upsampling.upsample_bilinear(v, size, data_format), x, dy),
                  np.float32)
 
 
