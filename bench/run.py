@@ -136,9 +136,9 @@ def run_case(case, xp, timer, runs, torch, device):
 
 
 def torch_case(case, torch, timer, runs, device, k):
-    dtype = getattr(torch, case.dtype)
     rng = np.random.default_rng(0)
     shape = case.shape
+
     def tensor(a):
         t = torch.from_numpy(a).to(device)
         if case.layout == "channels_last":  # our NHWC memory, PyTorch's NCHW logical order

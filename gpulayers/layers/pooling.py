@@ -76,7 +76,6 @@ def _padded_windows(xcl, pool_size, strides, out, pad_before, fill):
 
 def _scatter_windows(values_per_offset, in_shape_cl, pool_size, strides, out, pad_before, dtype):
     """Sum, into a channels-last array of in_shape_cl, values_per_offset(j) placed at window cell j."""
-    k = len(pool_size)
     padded_sizes = [max((o - 1) * s + p, n + b) for o, s, p, n, b in
                     zip(out, strides, pool_size, in_shape_cl[1:-1], pad_before)]
     grad = np.zeros((in_shape_cl[0], *padded_sizes, in_shape_cl[-1]), dtype)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import INCLUDE, build_source
+from . import build_source
 
 C_TYPES = {
     "float16": "__half", "float32": "float", "float64": "double", "int8": "signed char",
