@@ -1,4 +1,6 @@
 """Shared fixtures: one test body runs on every kernel path (simulator, GPU)."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -7,12 +9,14 @@ from gpulayers import kernels
 DTYPES = (np.float32, np.float64, np.float16)
 
 
-@pytest.fixture(params=["simulator", pytest.param("gpu", marks=pytest.mark.gpu)])
+@pytest.fixture(params=["simulator", "simulator-guard-start", pytest.param("gpu", marks=pytest.mark.gpu)])
 def kernel_path(request):
     """Runs a layer call on a kernel path: ``run(fn, *numpy arrays)`` -> NumPy results.
 
-    "simulator": NumPy arrays inside gpulayers.simulate(); "gpu": CuPy arrays (skipped
-    without a GPU).
+    "simulator": NumPy arrays inside gpulayers.simulate(), arrays flush against a trailing
+    guard page (accesses past an end fault); "simulator-guard-start": the same with arrays
+    flush after a leading guard page (accesses before a start fault); "gpu": CuPy arrays
+    (skipped without a GPU).
     """
     if request.param == "gpu":
         if not kernels.gpu_available():
@@ -26,11 +30,14 @@ def kernel_path(request):
         run.name = "gpu"
         return run
 
+    from gpulayers import simulator
+
     def run_sim(fn, *arrays):
-        with kernels.simulate():
+        with kernels.simulate(), (simulator.guard_at_start() if request.param == "simulator-guard-start"
+                                  else contextlib.nullcontext()):
             return _to_numpy(fn(*arrays))
 
-    run_sim.name = "simulator"
+    run_sim.name = request.param
     return run_sim
 
 

@@ -159,7 +159,7 @@ def test_kernels_match_reference(kernel_path, axis, shape, training, dtype):
 
     y, dx, dgamma, dbeta, mm, mv = kernel_path(run, x, dy)
     assert_close(y, y_ref, what="output")
-    assert_close(dx, dx_ref, what="dx")
+    assert_close(dx, dx_ref, what="dx", normwise=training)  # training dx cancels nearly equal terms
     wtol = np.float32 if dtype == np.float16 else None  # float16 inputs keep float32 weights
     assert_close(dgamma, ref.grads["gamma"], wtol, what="d gamma")
     assert_close(dbeta, ref.grads["beta"], wtol, what="d beta")

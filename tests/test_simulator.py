@@ -9,7 +9,7 @@ from gpulayers import simulator
 FOLDER = Path(__file__).parent / "sim_kernels"
 NAMES = ["block_reverse", "block_reverse_no_barrier", "warp_sums", "warp_votes", "tree_sum", "histogram",
          "rotate_dynamic", "axpy3d<float>", "axpy3d<double>", "half_square", "write_past_end",
-         "write_before_start", "divergent_barrier", "uneven_barriers"]
+         "write_before_start", "divergent_barrier", "uneven_barriers", "read_before_start", "read_past_end"]
 rng = np.random.default_rng(7)
 
 
@@ -116,6 +116,21 @@ def test_out_of_bounds_write_before_the_start_is_reported(sim):
     y = np.zeros(100, np.float32)
     with pytest.raises(simulator.KernelError, match=r"write_before_start.*before its start"):
         sim.launch("write_before_start", (1,), (128,), [y, np.int32(100)])
+
+
+def test_out_of_bounds_reads_are_reported_at_either_edge(sim):
+    x, y = rng.standard_normal(100).astype(np.float32), np.zeros(100, np.float32)
+    with pytest.raises(simulator.KernelError, match=r"read_past_end.*argument 0 \(400 bytes\).*past its end"):
+        sim.launch("read_past_end", (1,), (128,), [x, y, np.int32(100)])
+    with simulator.guard_at_start():
+        with pytest.raises(simulator.KernelError, match=r"read_before_start.*argument 0.*offset -4, before its start"):
+            sim.launch("read_before_start", (1,), (128,), [x, y, np.int32(100)])
+        with pytest.raises(simulator.KernelError, match=r"write_past_end.*written at byte offset 400, past its end"):
+            sim.launch("write_past_end", (1,), (128,), [y, np.int32(100)])
+        z = rng.standard_normal(128).astype(np.float32)
+        out = np.zeros(128, np.float32)
+        sim.launch("block_reverse", (1,), (128,), [z, out, np.int32(128)])  # correct kernels still pass
+        assert np.array_equal(out, z[::-1])
 
 
 @pytest.mark.parametrize("name", ["divergent_barrier", "uneven_barriers"])

@@ -8,6 +8,7 @@ the flags. Only :mod:`gpulayers.kernels` calls this module.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -33,6 +34,20 @@ _CTYPES = {
 }
 _launch_lock = threading.Lock()
 _libraries: dict[str, "SimModule"] = {}
+_guard = threading.local()
+
+
+@contextlib.contextmanager
+def guard_at_start():
+    """Inside this block, arrays sit flush after the leading guard page: reads and writes before
+    an array's start fault (by default they sit flush against the trailing one, so that
+    accesses past the end fault). Running a kernel both ways checks both edges."""
+    previous = getattr(_guard, "at_start", False)
+    _guard.at_start = True
+    try:
+        yield
+    finally:
+        _guard.at_start = previous
 
 
 class KernelError(RuntimeError):
@@ -66,11 +81,11 @@ def translation_unit(cu_path: Path, names: list[str]) -> str:
                          f"[{DYNAMIC_SHARED_BYTES} / sizeof({ctype})];")
     lines += ['extern "C" int glsim_launch(int k, int nargs, const unsigned* grid, const unsigned* block,',
               "    unsigned long long shared, void** args, int narrays, const int* arg_index,",
-              "    const unsigned long long* nbytes, char* err, int errlen) {",
+              "    const unsigned long long* nbytes, int guard_at_start, char* err, int errlen) {",
               "  switch (k) {"]
     for i, name in enumerate(names):
         lines.append(f"    case {i}: return glsim::launch_kernel(&{name}, nargs, grid, block, shared, "
-                     "args, narrays, arg_index, nbytes, err, errlen);")
+                     "args, narrays, arg_index, nbytes, guard_at_start, err, errlen);")
     lines += ['    default: std::snprintf(err, errlen, "no kernel %d", k); return 1;', "  }", "}", ""]
     return "\n".join(lines)
 
@@ -143,7 +158,8 @@ class SimModule:
                 ctypes.c_int(self.index[name]), ctypes.c_int(len(args)),
                 (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), ctypes.c_ulonglong(shared_mem),
                 argv, ctypes.c_int(len(arg_index)), (ctypes.c_int * max(len(arg_index), 1))(*arg_index),
-                (ctypes.c_ulonglong * max(len(nbytes), 1))(*nbytes), err, ctypes.c_int(len(err)))
+                (ctypes.c_ulonglong * max(len(nbytes), 1))(*nbytes),
+                ctypes.c_int(int(getattr(_guard, "at_start", False))), err, ctypes.c_int(len(err)))
         if rc != 0:
             raise KernelError(f"kernel {name}: {err.value.decode(errors='replace')}")
 

@@ -114,3 +114,13 @@ extern "C" __global__ void uneven_barriers(float* y) {
     for (int k = 0; k <= (int)(threadIdx.x % 2); ++k) __syncthreads();
     y[threadIdx.x] = 1.f;
 }
+
+// Planted out-of-bounds reads: one element before the start, one past the end.
+extern "C" __global__ void read_before_start(const float* x, float* y, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = x[i - 1];
+}
+extern "C" __global__ void read_past_end(const float* x, float* y, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = x[i + 1];
+}

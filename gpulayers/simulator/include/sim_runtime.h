@@ -8,11 +8,11 @@
 // lane of its mask waits at it. A barrier that some threads skip, or a collective that a
 // lane of its mask never reaches, is reported instead of hanging.
 //
-// Global memory: each array argument is copied into its own mapping whose last byte sits
-// just before an inaccessible guard page (another guard page precedes it, and the slack
-// between that page and the array is filled with a canary). A read or write past the end
-// faults at once; a write before the start is caught by the canary check after the
-// launch; the fault is turned into an error message naming the kernel and argument.
+// Global memory: each array argument is copied into its own mapping between two
+// inaccessible guard pages, flush against one of them (the trailing one by default, the
+// leading one on request), the slack on the other side filled with a canary. An access
+// across the flush side faults at once; a write into the slack is caught by the canary
+// check after the launch; either becomes an error message naming the kernel and argument.
 #pragma once
 #include "cuda_sim.h"
 
@@ -265,7 +265,12 @@ static std::string describe_fault() {
 
 static const unsigned char kCanary = 0xA5;
 
-static void guard_arrays(void** args, int narrays, const int* arg_index, const unsigned long long* nbytes) {
+// at_start == 0: the array ends flush against the trailing guard page (reads and writes past
+// the end fault; writes before the start are caught by the leading canary). at_start != 0:
+// the array starts flush after the leading guard page (reads and writes before the start
+// fault; writes past the end are caught by the trailing canary).
+static void guard_arrays(void** args, int narrays, const int* arg_index, const unsigned long long* nbytes,
+                         int at_start) {
     for (int j = 0; j < narrays; ++j) {
         void** slot = (void**)args[arg_index[j]];
         void* original = *slot;
@@ -281,8 +286,9 @@ static void guard_arrays(void** args, int narrays, const int* arg_index, const u
         g.mapped = (pages + 2) * R.page;
         g.base = (char*)mmap(nullptr, g.mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         char* tail_guard = g.base + (pages + 1) * R.page;
-        g.data = tail_guard - g.nbytes;
+        g.data = at_start ? g.base + R.page : tail_guard - g.nbytes;
         std::memset(g.base + R.page, kCanary, g.data - (g.base + R.page));
+        std::memset(g.data + g.nbytes, kCanary, tail_guard - (g.data + g.nbytes));
         if (g.nbytes) std::memcpy(g.data, original, g.nbytes);
         mprotect(g.base, R.page, PROT_NONE);
         mprotect(tail_guard, R.page, PROT_NONE);
@@ -294,14 +300,18 @@ static void guard_arrays(void** args, int narrays, const int* arg_index, const u
 static std::string unguard_arrays(bool copy_back) {
     std::string err;
     for (Guarded& g : R.guarded) {
-        for (char* p = g.base + R.page; p < g.data; ++p)
-            if ((unsigned char)*p != kCanary && err.empty()) {
+        const char* tail_guard = g.base + g.mapped - R.page;
+        for (char* p = g.base + R.page; p < tail_guard && err.empty(); ++p) {
+            if (p == g.data) p += g.nbytes;
+            if (p < tail_guard && (unsigned char)*p != kCanary) {
                 char buf[256];
                 std::snprintf(buf, sizeof buf,
                               "out-of-bounds global memory write: argument %d (%zu bytes) was written "
-                              "at byte offset %ld, before its start", g.arg, g.nbytes, (long)(p - g.data));
+                              "at byte offset %ld, %s", g.arg, g.nbytes, (long)(p - g.data),
+                              p < g.data ? "before its start" : "past its end");
                 err = buf;
             }
+        }
         if (copy_back && g.nbytes) std::memcpy(g.original, g.data, g.nbytes);
         munmap(g.base, g.mapped);
     }
@@ -311,7 +321,7 @@ static std::string unguard_arrays(bool copy_back) {
 
 static int launch(void (*body)(void*), void* ctx, const unsigned* grid, const unsigned* block,
                   unsigned long long shared_bytes, void** args, int narrays, const int* arg_index,
-                  const unsigned long long* nbytes, char* err, int errlen) {
+                  const unsigned long long* nbytes, int guard_at_start, char* err, int errlen) {
     R.page = sysconf(_SC_PAGESIZE);
     auto fail = [&](const std::string& m) {
         std::snprintf(err, errlen, "%s", m.c_str());
@@ -364,7 +374,7 @@ static int launch(void (*body)(void*), void* ctx, const unsigned* grid, const un
     sigaction(SIGBUS, &sa, &old_bus);
 
     std::string message;
-    guard_arrays(args, narrays, arg_index, nbytes);
+    guard_arrays(args, narrays, arg_index, nbytes, guard_at_start);
     if (sigsetjmp(R.fault_env, 1) == 0) {
         for (unsigned bz = 0; bz < grid[2] && message.empty(); ++bz)
             for (unsigned by = 0; by < grid[1] && message.empty(); ++by)
@@ -398,14 +408,14 @@ template <typename... A> struct KernelCall {
 template <typename... A>
 int launch_kernel(void (*kernel)(A...), int nargs, const unsigned* grid, const unsigned* block,
                   unsigned long long shared_bytes, void** args, int narrays, const int* arg_index,
-                  const unsigned long long* nbytes, char* err, int errlen) {
+                  const unsigned long long* nbytes, int guard_at_start, char* err, int errlen) {
     if (nargs != (int)sizeof...(A)) {
         std::snprintf(err, errlen, "kernel takes %d arguments, %d were passed", (int)sizeof...(A), nargs);
         return 1;
     }
     KernelCall<A...> call{kernel, args};
     return launch(&KernelCall<A...>::run, &call, grid, block, shared_bytes, args, narrays, arg_index, nbytes,
-                  err, errlen);
+                  guard_at_start, err, errlen);
 }
 
 }  // namespace glsim
