@@ -86,3 +86,16 @@ def test_installed_wheel_ships_the_kernel_sources():
                 "gpulayers/simulator/include/cuda_sim.h", "gpulayers/simulator/include/sim_runtime.h"):
         assert src in names, f"{src} missing from the installed package"
         assert dists[0].locate_file(src).is_file()
+
+
+def test_layer_dtype_casts_inputs_and_trainable_false_is_refused():
+    x = rng.standard_normal((2, 6, 3)).astype(np.float32)
+    layer = gl.GRU(4, dtype="float64", seed=0)
+    y = layer(x)
+    assert y.dtype == np.float64 and layer.get_weights()[0].dtype == np.float64
+    assert layer.backward(np.ones_like(y)).dtype == np.float32  # gradient of the input as given
+    assert gl.MaxPooling1D(dtype="float16")(x).dtype == np.float16
+    with pytest.raises(TypeError, match=r"MaxPooling1D: `dtype` must be float16, float32 or float64"):
+        gl.MaxPooling1D(dtype="int32")
+    with pytest.raises(NotImplementedError, match=r"BatchNormalization: `trainable=False` is not supported"):
+        gl.BatchNormalization(trainable=False)

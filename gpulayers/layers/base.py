@@ -25,8 +25,9 @@ class Layer:
         if dtype is not None and np.dtype(dtype) not in validation.FLOAT_DTYPES:
             raise TypeError(f"{layer}: `dtype` must be float16, float32 or float64. Received: dtype={dtype!r}")
         self.name = name or layer.lower()
-        self.dtype = np.dtype(dtype) if dtype is not None else None
-        self.trainable = trainable
+        self.dtype = np.dtype(dtype) if dtype is not None else None  # inputs are cast to it, as Keras
+        validation.unsupported(layer, trainable=(trainable, True))
+        self.trainable = True
         self.seed = seed
         self.params: dict = {}
         self.grads: dict = {}
@@ -34,12 +35,17 @@ class Layer:
         self.built = False
         self._saved = None
         self._output_meta = None  # (shape, dtype) of the last output, for checking dy
+        self._cast_from = None  # the input's own dtype when `dtype` made the layer cast it
 
     # -- protocol ---------------------------------------------------------------
     def __call__(self, x, training=False, **kwargs):
         layer = type(self).__name__
         xp_types = (np.ndarray,) if kernels.cupy_module() is None else (np.ndarray, kernels.cupy_module().ndarray)
         validation.float_array(layer, "inputs", x, xp_types)
+        self._cast_from = None
+        if self.dtype is not None and x.dtype != self.dtype:  # Keras's dtype policy: compute in it
+            self._cast_from = x.dtype
+            x = x.astype(self.dtype)
         self._check_device(x)
         if not self.built:
             self.build(tuple(x.shape), kernels.array_module(x), x.dtype)
@@ -75,7 +81,13 @@ class Layer:
                 raise ValueError(f"{layer}: `{arg}` must be on the same device as the forward input. "
                                  f"Received: {arg} of type {type(g).__name__}")
         with kernels.nvtx_range(f"{layer}.backward"):
-            return self.backward_impl(dy)
+            dx = self.backward_impl(dy)
+        if self._cast_from is not None:  # the gradient w.r.t. the input as given, before the cast
+            if isinstance(dx, list):
+                dx[0] = dx[0].astype(self._cast_from)
+            else:
+                dx = dx.astype(self._cast_from)
+        return dx
 
     # -- hooks ------------------------------------------------------------------
     def build(self, input_shape, xp, dtype):
