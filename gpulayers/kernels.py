@@ -74,10 +74,6 @@ def _read_source(source: str) -> tuple[str, str]:
     return f'#line 1 "cuda/{source}"\n' + text, digest.hexdigest()[:16]
 
 
-def source_hash(source: str) -> str:
-    return _read_source(source)[1]
-
-
 # ----------------------------------------------------------------------------- devices
 
 def cupy_module():

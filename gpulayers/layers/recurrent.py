@@ -726,24 +726,23 @@ def rnn_forward_kernel(spec, x, kernel, recurrent_kernel, bias=None, initial_sta
     b_in, b_rec = _split_bias(spec, bias, u, acc) if bias is not None else (xp.zeros(gates * u, acc), None)
     steps, batch = xs.shape[:2]
     xw = xp.matmul(xs, W) + b_in.astype(acc, copy=False)  # (T, B, G u), one GEMM for every step
-    h = xp.zeros((batch, u), acc) if initial_state is None else xp.ascontiguousarray(initial_state[0], dtype=acc)
-    c = None
+    # States of every step in one array: step t reads h_all[t] and writes h_all[t + 1], so the
+    # states backward needs are kept without a copy per step.
+    h_all = xp.empty((steps + 1, batch, u), acc)
+    h_all[0] = 0 if initial_state is None else initial_state[0]
+    c_all = None
     if spec.has_cell_state:
-        c = xp.zeros((batch, u), acc) if initial_state is None else xp.ascontiguousarray(initial_state[1], dtype=acc)
+        c_all = xp.empty((steps + 1, batch, u), acc)
+        c_all[0] = 0 if initial_state is None else initial_state[1]
     pre = xp.empty((steps, batch, gates * u), acc)
-    h_prev_all = xp.empty((steps, batch, u), acc)
     extra = xp.empty((steps, batch, u), acc)
-    c_prev_all = xp.empty((steps, batch, u), acc) if c is not None else None
     outputs = xp.empty((steps, batch, u), x.dtype)
     act, ract = _codes(spec)
     dims = (np.int32(batch), np.int32(u))
     for t in range(steps):
-        h_prev_all[t] = h
+        h = h_all[t]
         mask_t = ms[t] if mask is not None else ms
-        h_next = xp.empty_like(h)
-        c_next = xp.empty_like(h) if c is not None else h_next
-        if c is not None:
-            c_prev_all[t] = c
+        c_prev, c_next = (c_all[t], c_all[t + 1]) if c_all is not None else (h, h_all[t + 1])  # unused if no c
         if spec.cell == "gru_reset_before":
             hu = xp.matmul(h, U[:, :2 * u])
             _launch("gru_reset_gate_forward<{T}>", x.dtype, batch * u,
@@ -754,14 +753,12 @@ def rnn_forward_kernel(spec, x, kernel, recurrent_kernel, bias=None, initial_sta
             if b_rec is not None:
                 hu += b_rec.astype(acc, copy=False)
         _launch(f"rnn_step_forward<{{T}}, {cell}>", x.dtype, batch * u,
-                (xw[t], hu, h, c if c is not None else h, mask_t, has_mask, pre[t], extra[t], h_next, c_next,
+                (xw[t], hu, h, c_prev, mask_t, has_mask, pre[t], extra[t], h_all[t + 1], c_next,
                  outputs[t], *dims, act, ract, np.int32(spec.zero_output_for_mask)))
-        h = h_next
-        if c is not None:
-            c = c_next
-    saved = dict(xs=xs, ms=ms, mask=mask is not None, pre=pre, h_prev=h_prev_all, c_prev=c_prev_all, extra=extra,
-                 W=W, U=U, dtype=x.dtype, has_bias=bias is not None)
-    return outputs, [h] + ([c] if c is not None else []), saved
+    saved = dict(xs=xs, ms=ms, mask=mask is not None, pre=pre, h_prev=h_all[:-1],
+                 c_prev=None if c_all is None else c_all[:-1], extra=extra, W=W, U=U, dtype=x.dtype,
+                 has_bias=bias is not None)
+    return outputs, [h_all[-1]] + ([c_all[-1]] if c_all is not None else []), saved
 
 
 def rnn_backward_kernel(spec, saved, d_outputs, d_states):
