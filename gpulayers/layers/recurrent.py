@@ -574,7 +574,8 @@ class Bidirectional(Layer):
 
     @params.setter
     def params(self, value):
-        pass  # derived from the wrapped layers
+        if value:  # the base class initialises an empty dict; the weights live in the wrapped layers
+            raise AttributeError("Bidirectional: params come from the wrapped layers; use set_weights()")
 
     def forward(self, x, training=False, initial_state=None, mask=None):
         xp = kernels.array_module(x)
