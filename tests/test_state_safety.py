@@ -353,3 +353,42 @@ def test_initializers_are_checked_and_copied(arg, weight, make, shape, x_shape):
     holder[weight][...] += 1  # an optimizer step on one layer
     assert np.all(given == 0.25), "the initializer's array was changed"
     assert_same(other[weight], kept, "two layers share a weight")
+
+
+# ----------------------------------------------------------------------------- user layers
+
+class _Scale(gl.Layer):
+    """A user layer written to the protocol: y = x * w, with a planted failure on request."""
+
+    weight_names = ("w",)
+
+    def build(self, input_shape, xp, dtype):
+        self.params["w"] = xp.full(input_shape[-1:], 2.0, dtype)
+
+    def forward(self, x, training=False, **kwargs):
+        self._saved = (x * 1,)
+        self.params["w"] = self.params["w"] + 1  # a state change before the planted failure
+        if kwargs.get("fail"):
+            raise RuntimeError("planted failure")
+        return x * self.params["w"]
+
+    def backward_impl(self, dy):
+        self.grads = {"w": (dy * self._saved[0]).sum(axis=0)}
+        return dy * self.params["w"]
+
+
+def test_a_user_layer_gets_the_same_guarantees():
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    layer = _Scale()
+    with pytest.raises(RuntimeError, match="planted"):
+        layer(x, fail=True)  # a forward with **kwargs takes any keyword
+    assert not layer.built and layer.params == {} and layer.get_weights() == []
+    y = layer(x, anything="goes")
+    assert_same(y, x * np.float32(3))
+    dx = layer.backward(np.ones_like(y))
+    with pytest.raises(RuntimeError, match="planted"):
+        layer(x * 5, fail=True)
+    assert_same(layer.get_weights(), [np.full(4, 3, np.float32)])
+    assert_same(layer.backward(np.ones_like(y)), dx)
+    with pytest.raises(TypeError, match=r"_Scale: `training` must be a bool"):
+        layer(x, training="yes")

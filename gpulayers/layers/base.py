@@ -10,9 +10,12 @@ from .. import kernels, validation
 
 
 @functools.lru_cache(maxsize=None)
-def _call_keywords(cls) -> frozenset:
-    """Keyword arguments that ``cls.forward`` takes besides ``x`` and ``training``."""
+def _call_keywords(cls):
+    """Keyword arguments that ``cls.forward`` takes besides ``x`` and ``training`` (None: any,
+    for a forward with ``**kwargs``)."""
     params = inspect.signature(cls.forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
     return frozenset(n for n in params if n not in ("self", "x", "training"))
 
 
@@ -69,7 +72,8 @@ class Layer:
         layer = type(self).__name__
         validation.float_array(layer, "inputs", x, self._array_types())
         training = validation.boolean(layer, "training", training)
-        unknown = sorted(set(kwargs) - _call_keywords(type(self)))
+        known = _call_keywords(type(self))
+        unknown = [] if known is None else sorted(set(kwargs) - known)
         if unknown:
             raise TypeError(f"{layer}: unknown call argument(s) {', '.join(unknown)}. "
                             f"Received: {', '.join(f'{k}={kwargs[k]!r}' for k in unknown)}")

@@ -411,8 +411,11 @@ class _GlobalPooling(Layer):
         if x.size == 0:  # a zero-size batch (or channel axis): empty output, no kernel launch
             self._saved = (None, tuple(x.shape))
             return kernels.array_module(x).zeros(self.compute_output_shape(tuple(x.shape)), x.dtype)
-        if self._on_kernels:
-            validation.int32_sizes(layer, **{"inputs.shape": tuple(x.shape)})
+        if self._on_kernels:  # the kernels take N and C as 32-bit ints (the spatial extent as 64-bit)
+            n, c = x.shape[0], (x.shape[1] if self.data_format == "channels_first" else x.shape[-1])
+            if max(n, c) >= validation.INT32_LIMIT:
+                raise ValueError(f"{layer}: the batch and channel sizes must be below 2**31 on the kernel path "
+                                 f"(the kernels use 32-bit sizes). Received: inputs.shape={tuple(x.shape)}")
             y = global_pool_forward_kernel(x, self.op, self.data_format, self.keepdims)
         else:
             y = global_pool_forward(x, self.op, self.data_format, self.keepdims)
