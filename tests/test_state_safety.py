@@ -63,6 +63,14 @@ def test_a_failed_call_changes_nothing(case, path):
         # the saved forward of the last good call is intact: backward gives the same gradients
         assert_same(backward(layer, path, dy), dx, f"backward after {what}")
         assert_same({k: Path.numpy(v) for k, v in layer.grads.items()}, grads, f"grads after {what}")
+    bad_dys = [("dy of the wrong shape", [d[:, :1] if d.ndim > 1 else d[:1] for d in dy] if isinstance(dy, list)
+                else dy[..., :1] if dy.shape[-1] > 1 else dy[:1]),
+               ("dy of another dtype", [d.astype(np.float64) for d in dy] if isinstance(dy, list)
+                else dy.astype(np.float64))]
+    for what, bad in bad_dys:
+        with pytest.raises((ValueError, TypeError)), path.ctx():
+            layer.backward(path.arr(bad))
+        assert_same(backward(layer, path, dy), dx, f"backward after {what}")
 
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
