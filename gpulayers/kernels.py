@@ -98,7 +98,12 @@ def simulating() -> bool:
 
 @contextlib.contextmanager
 def simulate():
-    """Inside this block NumPy inputs take the kernel path, run by the CPU kernel simulator."""
+    """Inside this block NumPy inputs take the kernel path, run by the CPU kernel simulator.
+
+    The setting is per thread: it holds for layer calls made by the thread that entered the
+    block, not for threads started inside it (enter ``simulate()`` in each such thread).
+    A ``backward`` runs on the path of the call it differentiates, inside the block or not.
+    """
     previous = simulating()
     _state.simulate = True
     try:

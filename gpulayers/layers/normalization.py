@@ -237,8 +237,9 @@ class BatchNormalization(Layer):
         wdtype = _acc_dtype(dtype)
         for name in self.weight_names:
             init = self.initializers[name]
-            if callable(init):
-                value = np.asarray(init(shape, wdtype), dtype=wdtype)
+            if callable(init):  # checked and copied: never the initializer's own array
+                value = self._checked_weight(f"`{name}_initializer` (for weight `{name}`)", init(shape, wdtype),
+                                             shape, wdtype)
             else:
                 value = (np.zeros if init == "zeros" else np.ones)(shape, wdtype)
             (self.state if name.startswith("moving") else self.params)[name] = xp.asarray(value)
@@ -253,13 +254,20 @@ class BatchNormalization(Layer):
         if shape != tuple(self.state["moving_mean"].shape):
             raise ValueError(f"{layer}: `inputs` must have sizes {tuple(self.state['moving_mean'].shape)} on "
                              f"axis {self.axis}. Received: inputs.shape={tuple(x.shape)}")
-        if training and x.size == 0:
-            raise ValueError(f"{layer}: `inputs` must not be empty in training. Received: inputs.shape={tuple(x.shape)}")
-        xp, on_kernels = kernels.kernel_path(x)
+        xp, on_kernels = kernels.array_module(x), self._on_kernels
+        if on_kernels and math.prod(shape) >= validation.INT32_LIMIT:
+            raise ValueError(f"{layer}: the number of channels must be below 2**31 on the kernel path (the "
+                             f"kernels use 32-bit sizes). Received: inputs.shape={tuple(x.shape)}")
+        if x.size == 0:  # a zero-size batch: empty output, moving statistics unchanged, no kernel launch
+            self._saved = (None, tuple(x.shape), None, None, training)
+            return xp.zeros(x.shape, x.dtype)
         acc = _acc_dtype(x.dtype)
-        gamma = self.params["gamma"] if self.scale else xp.ones(shape, acc)
-        beta = self.params["beta"] if self.center else xp.zeros(shape, acc)
+        # Weights and statistics in this input's accumulate type (the layer may have been built
+        # with another float dtype): the kernels read them as that type.
+        gamma = self.params["gamma"].astype(acc, copy=False) if self.scale else xp.ones(shape, acc)
+        beta = self.params["beta"].astype(acc, copy=False) if self.center else xp.zeros(shape, acc)
         b = _broadcast_shape(x.shape, self._axes)
+        moving_mean, moving_var = self.state["moving_mean"], self.state["moving_variance"]
         if training:
             if on_kernels:
                 mean, var, inv_std = batch_norm_statistics_kernel(x, self._axes, self.epsilon)
@@ -268,37 +276,45 @@ class BatchNormalization(Layer):
                 mean, var = batch_norm_statistics(x, self._axes)
                 inv_std = 1 / np.sqrt(var + acc.type(self.epsilon))
             m = self.momentum
-            self.state["moving_mean"] = self.state["moving_mean"] * m + mean * (1 - m)
-            self.state["moving_variance"] = self.state["moving_variance"] * m + var * (1 - m)
+            new_mean = (moving_mean * m + mean * (1 - m)).astype(moving_mean.dtype, copy=False)
+            new_var = (moving_var * m + var * (1 - m)).astype(moving_var.dtype, copy=False)
         else:
-            mean, var = self.state["moving_mean"], self.state["moving_variance"]
+            mean, var = moving_mean.astype(acc, copy=False), moving_var.astype(acc, copy=False)
             inv_std = 1 / xp.sqrt(var + acc.type(self.epsilon))
-        self._saved = (x, mean, inv_std, bool(training))
         if on_kernels:
-            return _normalize(x, mean.reshape(b), inv_std.reshape(b), gamma.reshape(b), beta.reshape(b))
-        return batch_norm_forward(x, mean, var, gamma, beta, self.epsilon, self._axes)
+            y = _normalize(x, mean.reshape(b), inv_std.reshape(b), gamma.reshape(b), beta.reshape(b))
+        else:
+            y = batch_norm_forward(x, mean, var, gamma, beta, self.epsilon, self._axes)
+        if training:
+            self.state["moving_mean"], self.state["moving_variance"] = new_mean, new_var
+        self._saved = (self._keep(x), tuple(x.shape), mean, inv_std, training)
+        return y
 
     def backward_impl(self, dy):
-        x, mean, inv_std, training = self._saved
-        xp, on_kernels = kernels.kernel_path(x)
-        shape = tuple(mean.shape)
-        acc = _acc_dtype(x.dtype)
-        gamma = self.params["gamma"] if self.scale else xp.ones(shape, acc)
-        b = _broadcast_shape(x.shape, self._axes)
-        if on_kernels:
-            sum_dy, sum_dy_xhat = batch_norm_grad_sums_kernel(x, dy, mean.reshape(-1), inv_std.reshape(-1), self._axes)
-            sum_dy, sum_dy_xhat = sum_dy.reshape(shape), sum_dy_xhat.reshape(shape)
-            if training:
-                m = acc.type(x.size // math.prod(shape))
-                dx = _train_input_grad(x, dy, mean.reshape(b), inv_std.reshape(b), gamma.reshape(b),
-                                       (sum_dy / m).reshape(b), (sum_dy_xhat / m).reshape(b))
-            else:
-                dx = _scale(dy, (gamma * inv_std).reshape(b))
+        x, x_shape, mean, inv_std, training = self._saved
+        xp, on_kernels = self._xp, self._on_kernels
+        shape = tuple(x_shape[a] for a in self._axes)
+        acc = _acc_dtype(dy.dtype)
+        if dy.size == 0:
+            dx, sum_dy, sum_dy_xhat = xp.zeros(x_shape, dy.dtype), xp.zeros(shape, acc), xp.zeros(shape, acc)
         else:
-            dx, sum_dy_xhat, sum_dy = batch_norm_backward(x, dy, mean, inv_std, gamma, self._axes, training)
-        self.grads = {}
+            gamma = self.params["gamma"].astype(acc, copy=False) if self.scale else xp.ones(shape, acc)
+            b = _broadcast_shape(x_shape, self._axes)
+            if on_kernels:
+                sum_dy, sum_dy_xhat = batch_norm_grad_sums_kernel(x, dy, mean.reshape(-1), inv_std.reshape(-1),
+                                                                  self._axes)
+                sum_dy, sum_dy_xhat = sum_dy.reshape(shape), sum_dy_xhat.reshape(shape)
+                if training:
+                    m = acc.type(x.size // math.prod(shape))
+                    dx = _train_input_grad(x, dy, mean.reshape(b), inv_std.reshape(b), gamma.reshape(b),
+                                           (sum_dy / m).reshape(b), (sum_dy_xhat / m).reshape(b))
+                else:
+                    dx = _scale(dy, (gamma * inv_std).reshape(b))
+            else:
+                dx, sum_dy_xhat, sum_dy = batch_norm_backward(x, dy, mean, inv_std, gamma, self._axes, training)
+        self.grads = {}  # in each weight's own dtype
         if self.scale:
-            self.grads["gamma"] = sum_dy_xhat
+            self.grads["gamma"] = sum_dy_xhat.astype(self.params["gamma"].dtype, copy=False)
         if self.center:
-            self.grads["beta"] = sum_dy
+            self.grads["beta"] = sum_dy.astype(self.params["beta"].dtype, copy=False)
         return dx

@@ -86,13 +86,17 @@ def _scatter_windows(values_per_offset, in_shape_cl, pool_size, strides, out, pa
     return grad[(slice(None),) + crop]
 
 
-def _check_geometry(layer, x_shape, pool_size, strides, padding, data_format):
+def _check_geometry(layer, x_shape, pool_size, strides, padding, data_format, on_kernels=False):
+    """Validate the input shape (a zero-size batch or channel axis is fine, empty spatial axes
+    are not) and, on the kernel path, the kernels' 32-bit geometry."""
     spatial = x_shape[2:] if data_format == "channels_first" else x_shape[1:-1]
     out, pads = pool_geometry(spatial, pool_size, strides, padding)
-    if min(out) <= 0 or 0 in x_shape:
+    if min(out) <= 0 or 0 in spatial:
         raise ValueError(f"{layer}: the output would be empty: input spatial size {tuple(spatial)} with "
                          f"pool_size={pool_size}, strides={strides}, padding={padding!r}. "
                          f"Received: inputs.shape={tuple(x_shape)}")
+    if on_kernels:
+        validation.int32_sizes(layer, pool_size=pool_size, strides=strides, **{"inputs.shape": tuple(x_shape)})
     return spatial, out, pads
 
 
@@ -345,31 +349,37 @@ class _Pooling(Layer):
         layer = type(self).__name__
         validation.rank(layer, "inputs", x, self.rank + 2,
                         f"(batch, {'spatial..., channels' if self.data_format == 'channels_last' else 'channels, spatial...'})")
-        _check_geometry(layer, x.shape, self.pool_size, self.strides, self.padding, self.data_format)
+        on_kernels = self._on_kernels
+        _check_geometry(layer, x.shape, self.pool_size, self.strides, self.padding, self.data_format, on_kernels)
         args = (self.pool_size, self.strides, self.padding, self.data_format)
-        _, on_kernels = kernels.kernel_path(x)
+        if x.size == 0:  # a zero-size batch (or channel axis): empty output, no kernel launch
+            self._saved = (None, tuple(x.shape), None)
+            return kernels.array_module(x).zeros(self.compute_output_shape(tuple(x.shape)), x.dtype)
         if self.op == "max":
             if on_kernels:
                 y, argmax = max_pool_forward_kernel(x, *args)
             else:
                 y, argmax = max_pool_forward(x, *args), None
-            self._saved = (x, argmax)
-        else:
-            y = avg_pool_forward_kernel(x, *args) if on_kernels else avg_pool_forward(x, *args)
-            self._saved = (x,)
+            # backward reads x only to recompute the window maxima (no saved argmax): keep a copy then;
+            # with a saved argmax the kernels read only x's shape
+            self._saved = (self._keep(x) if argmax is None else x, tuple(x.shape), argmax)
+            return y
+        y = avg_pool_forward_kernel(x, *args) if on_kernels else avg_pool_forward(x, *args)
+        self._saved = (None, tuple(x.shape), None)  # average pooling's backward needs only the shape
         return y
 
     def backward_impl(self, dy):
-        x = self._saved[0]
+        x, x_shape, argmax = self._saved
+        if dy.size == 0:
+            return self._xp.zeros(x_shape, dy.dtype)
         args = (self.pool_size, self.strides, self.padding, self.data_format)
-        _, on_kernels = kernels.kernel_path(x)
         if self.op == "max":
-            if on_kernels:
-                return max_pool_backward_kernel(x, self._saved[1], dy, *args)
+            if self._on_kernels:
+                return max_pool_backward_kernel(x, argmax, dy, *args)
             return max_pool_backward(x, dy, *args)
-        if on_kernels:
-            return avg_pool_backward_kernel(x.shape, dy, *args)
-        return avg_pool_backward(x.shape, dy, *args)
+        if self._on_kernels:
+            return avg_pool_backward_kernel(x_shape, dy, *args)
+        return avg_pool_backward(x_shape, dy, *args)
 
 
 class _GlobalPooling(Layer):
@@ -394,18 +404,30 @@ class _GlobalPooling(Layer):
         validation.unsupported(layer, mask=(mask, None))
         validation.rank(layer, "inputs", x, self.rank + 2,
                         f"(batch, {'spatial..., channels' if self.data_format == 'channels_last' else 'channels, spatial...'})")
-        if 0 in x.shape:
-            raise ValueError(f"{layer}: `inputs` must not be empty. Received: inputs.shape={tuple(x.shape)}")
-        _, on_kernels = kernels.kernel_path(x)
-        self._saved = (x,)
-        if on_kernels:
-            return global_pool_forward_kernel(x, self.op, self.data_format, self.keepdims)
-        return global_pool_forward(x, self.op, self.data_format, self.keepdims)
+        spatial = x.shape[2:] if self.data_format == "channels_first" else x.shape[1:-1]
+        if 0 in spatial:
+            raise ValueError(f"{layer}: `inputs` must not have an empty spatial axis. "
+                             f"Received: inputs.shape={tuple(x.shape)}")
+        if x.size == 0:  # a zero-size batch (or channel axis): empty output, no kernel launch
+            self._saved = (None, tuple(x.shape))
+            return kernels.array_module(x).zeros(self.compute_output_shape(tuple(x.shape)), x.dtype)
+        if self._on_kernels:  # the kernels take N and C as 32-bit ints (the spatial extent as 64-bit)
+            n, c = x.shape[0], (x.shape[1] if self.data_format == "channels_first" else x.shape[-1])
+            if max(n, c) >= validation.INT32_LIMIT:
+                raise ValueError(f"{layer}: the batch and channel sizes must be below 2**31 on the kernel path "
+                                 f"(the kernels use 32-bit sizes). Received: inputs.shape={tuple(x.shape)}")
+            y = global_pool_forward_kernel(x, self.op, self.data_format, self.keepdims)
+        else:
+            y = global_pool_forward(x, self.op, self.data_format, self.keepdims)
+        # max: backward finds the maximum again in x, so keep a copy; average: x's shape only
+        self._saved = (self._keep(x) if self.op == "max" else x, tuple(x.shape))
+        return y
 
     def backward_impl(self, dy):
-        x = self._saved[0]
-        _, on_kernels = kernels.kernel_path(x)
-        if on_kernels:
+        x, x_shape = self._saved
+        if dy.size == 0:
+            return self._xp.zeros(x_shape, dy.dtype)
+        if self._on_kernels:
             return global_pool_backward_kernel(x, dy, self.op, self.data_format)
         return global_pool_backward(x, dy, self.op, self.data_format)
 
