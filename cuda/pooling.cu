@@ -119,6 +119,82 @@ __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y,
     }
 }
 
+// channels_first forward with a column stride SW > 1. The direct kernels above give
+// consecutive lanes consecutive outputs, so their loads are SW elements apart: each sector is
+// fetched SW times over. Here one warp takes 32 consecutive outputs of one output row
+// (n, c, od, oh), lane = output column (lanes past the row's end only help load). For each
+// input row its windows touch, the warp loads the columns [w_first, w_first + 32 * nseg) as
+// nseg coalesced 32-element segments, and each lane takes its window's cells from them with
+// warp shuffles. Same cells in the same order as the direct kernels: identical results.
+// Needs 31 * SW + KW <= 32 * kMaxSegments (Python checks; otherwise it launches the direct one).
+constexpr int kMaxSegments = 4;
+
+template <typename T, bool IS_MAX>
+__global__ void pool_forward_rows(const T* __restrict__ x, T* __restrict__ y, unsigned char* __restrict__ argmax,
+                                  int save_argmax, POOL_GEOM_PARAMS) {
+    typedef typename gl::Acc<T>::type A;
+    const PoolGeom g = POOL_GEOM_ARGS;
+    const int lane = threadIdx.x & 31;
+    const int chunks = (g.OW + 31) / 32;
+    const index_t warps = (index_t)g.N * g.C * g.OD * g.OH * chunks;
+    const int nseg = (31 * g.SW + g.KW + 31) / 32;  // segments of 32 input columns, <= kMaxSegments
+    for (index_t wi = gl::global_thread_index() / 32; wi < warps; wi += gl::grid_stride() / 32) {
+        index_t q = wi;  // warp -> (n, c, od, oh, chunk); the same for all its lanes
+        const int chunk = (int)(q % chunks); q /= chunks;
+        const int oh = (int)(q % g.OH); q /= g.OH;
+        const int od = (int)(q % g.OD); q /= g.OD;
+        const int c = (int)(q % g.C);
+        const int n = (int)(q / g.C);
+        const int ow = chunk * 32 + lane;                // this lane's output column
+        const int w_first = chunk * 32 * g.SW - g.PW;    // input column of segment 0, lane 0
+        const int d0 = od * g.SD - g.PD, h0 = oh * g.SH - g.PH;
+        A acc = 0;
+        int best_off = -1;
+        for (int kd = 0; kd < g.KD; ++kd) {
+            const int d = d0 + kd;
+            if (d < 0 || d >= g.D) continue;
+            for (int kh = 0; kh < g.KH; ++kh) {
+                const int h = h0 + kh;
+                if (h < 0 || h >= g.H) continue;
+                const T* __restrict__ row = x + offset5<false>(n, c, d, h, 0, g.C, g.D, g.H, g.W);
+                A seg[kMaxSegments];
+                for (int j = 0; j < kMaxSegments; ++j) {
+                    const int w = w_first + 32 * j + lane;
+                    seg[j] = (j < nseg && w >= 0 && w < g.W) ? gl::to_acc(row[w]) : (A)0;
+                }
+                for (int kw = 0; kw < g.KW; ++kw) {
+                    const int rel = lane * g.SW + kw;  // column relative to w_first, in [0, 32 * nseg)
+                    A v = 0;
+                    for (int j = 0; j < kMaxSegments; ++j) {
+                        if (j >= nseg) break;  // nseg is the same for every lane
+                        const A t = __shfl_sync(0xffffffffu, seg[j], rel & 31);
+                        if ((rel >> 5) == j) v = t;
+                    }
+                    const int w = w_first + rel;
+                    if (w < 0 || w >= g.W) continue;  // a padding cell
+                    if (IS_MAX) {
+                        if (best_off < 0 || gl::max_replaces(v, acc)) {
+                            acc = v;
+                            best_off = (kd * g.KH + kh) * g.KW + kw;
+                        }
+                    } else {
+                        acc += v;
+                    }
+                }
+            }
+        }
+        if (ow < g.OW) {
+            const index_t o = offset5<false>(n, c, od, oh, ow, g.C, g.OD, g.OH, g.OW);
+            if (IS_MAX) {
+                y[o] = gl::from_acc<T>(acc);
+                if (save_argmax) argmax[o] = (unsigned char)best_off;
+            } else {
+                y[o] = gl::from_acc<T>(acc / window_count(g, od, oh, ow));
+            }
+        }
+    }
+}
+
 // dx[i] = sum of dy[o] over the windows o whose first maximum is input i.
 // One thread per input element, i in [0, N*C*D*H*W). With save_argmax == 0 the window
 // offsets are recomputed from x (windows of more than 256 cells).

@@ -32,7 +32,8 @@ kernels.declare(SOURCE, [
                  "global_pool_forward_rows", "global_pool_forward_cols", "global_avg_backward",
                  "global_max_backward")
     for cl in ("true", "false")
-])
+] + [f"pool_forward_rows<{{T}}, {is_max}>" for is_max in ("true", "false")])
+ROW_SEGMENTS = 4  # pool_forward_rows loads up to this many 32-column segments per input row
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -235,17 +236,35 @@ def _kernel_geometry(x_shape, pool_size, strides, padding, data_format):
     return y_shape, _geometry_args(x_shape, data_format, pool_size, strides, out, pads)
 
 
+def _rows_kernel(x_shape, pool_size, strides, data_format):
+    """Whether the forward pass takes pool_forward_rows: channels_first with a column stride
+    above 1, when a warp's input columns fit in ROW_SEGMENTS segments of 32."""
+    return (data_format == "channels_first" and strides[-1] > 1
+            and 31 * strides[-1] + pool_size[-1] <= 32 * ROW_SEGMENTS)
+
+
 def max_pool_forward_kernel(x, pool_size, strides, padding, data_format):
     """Kernel path of max pooling: (y, one-byte window argmax or None when recomputed)."""
     xp = kernels.array_module(x)
     x = xp.ascontiguousarray(x)
     y_shape, geom = _kernel_geometry(tuple(x.shape), pool_size, strides, padding, data_format)
     y = xp.empty(y_shape, x.dtype)
-    save = int(np.prod(pool_size)) <= MAX_SAVED_WINDOW
+    save = math.prod(pool_size) <= MAX_SAVED_WINDOW
     argmax = xp.empty(y_shape if save else (1,), np.uint8)
-    kernels.launch(SOURCE, f"max_pool_forward<{{T}}, {_cl(data_format)}>", x.dtype,
-                   kernels.grid_1d(y.size, BLOCK), BLOCK, (x, y, argmax, np.int32(save), *geom))
+    _launch_forward("true", "max_pool_forward", x, y, (argmax, np.int32(save)), y_shape, pool_size, strides,
+                    data_format, geom)
     return y, (argmax if save else None)
+
+
+def _launch_forward(is_max, direct, x, y, extra, y_shape, pool_size, strides, data_format, geom):
+    """Launch the row kernel (channels_first, strided columns) or the direct one."""
+    if _rows_kernel(x.shape, pool_size, strides, data_format):
+        warps = math.prod(y_shape[:-1]) * kernels.ceil_div(y_shape[-1], 32)
+        kernels.launch(SOURCE, f"pool_forward_rows<{{T}}, {is_max}>", x.dtype, kernels.grid_1d(32 * warps, BLOCK),
+                       BLOCK, (x, y, *extra, *geom))
+    else:
+        kernels.launch(SOURCE, f"{direct}<{{T}}, {_cl(data_format)}>", x.dtype, kernels.grid_1d(y.size, BLOCK),
+                       BLOCK, (x, y, *(extra if is_max == "true" else ()), *geom))
 
 
 def max_pool_backward_kernel(x, argmax, dy, pool_size, strides, padding, data_format):
@@ -265,8 +284,9 @@ def avg_pool_forward_kernel(x, pool_size, strides, padding, data_format):
     x = xp.ascontiguousarray(x)
     y_shape, geom = _kernel_geometry(tuple(x.shape), pool_size, strides, padding, data_format)
     y = xp.empty(y_shape, x.dtype)
-    kernels.launch(SOURCE, f"avg_pool_forward<{{T}}, {_cl(data_format)}>", x.dtype,
-                   kernels.grid_1d(y.size, BLOCK), BLOCK, (x, y, *geom))
+    no_argmax = (xp.empty((1,), np.uint8), np.int32(0)) if _rows_kernel(x.shape, pool_size, strides, data_format) \
+        else ()
+    _launch_forward("false", "avg_pool_forward", x, y, no_argmax, y_shape, pool_size, strides, data_format, geom)
     return y
 
 
