@@ -15,9 +15,10 @@ to the GPU benchmark shape (DRAM bytes scaled with the minimal bytes, launches u
 
 Minimal bytes (also what ``bench`` reports): every input read once and every output written once,
 plus what the layer keeps for backward (max pooling's one-byte window offsets; global max
-pooling's int32 position of each maximum); batch normalization in training counts two passes
-over its input (statistics, then normalisation; in backward the gradient sums, then the input
-gradient), since no kernel keeps a whole batch on chip.
+pooling's int32 position of each maximum; batch normalization's copy of its input, written in
+the normalising pass); batch normalization's backward also reads x (d gamma needs it), and in
+training it counts two passes over its input (statistics, then normalisation; in backward the
+gradient sums, then the input gradient), since no kernel keeps a whole batch on chip.
 """
 from __future__ import annotations
 
@@ -106,8 +107,12 @@ def minimal_bytes(layer, x_nbytes, y_nbytes, direction, training=False, outputs=
         extra = outputs  # one byte per output: the window offset of its maximum
     elif name.startswith("GlobalMaxPooling"):
         extra = 4 * outputs  # int32 position of each maximum
-    if name == "BatchNormalization" and training:
-        return 2 * x_nbytes + y_nbytes if direction == "forward" else 2 * (x_nbytes + y_nbytes) + x_nbytes
+    if name == "BatchNormalization":
+        # forward: the copy of x that backward reads (the caller may change x in place); backward:
+        # x (d gamma needs x - mean) besides dy and dx. Training: two passes over the input.
+        if direction == "forward":
+            return (2 if training else 1) * x_nbytes + y_nbytes + x_nbytes
+        return (2 if training else 1) * (x_nbytes + y_nbytes) + x_nbytes
     return x_nbytes + y_nbytes + extra
 
 
@@ -125,11 +130,12 @@ def _launches_only():
         seen.append((name, math.prod(grid) * -(-math.prod(block) // 32), nbytes))
 
     def snippet(self, *arrays, **kw):
-        outs = np.empty_like(arrays[0])
-        size = outs.size
-        nbytes = sum(analysis._footprint(a) for a in arrays if isinstance(a, np.ndarray)) + outs.nbytes
+        n_out = len([p for p in self.args[1].split(",") if p.strip()])
+        outs = tuple(np.empty_like(arrays[0]) for _ in range(n_out))
+        size = outs[0].size
+        nbytes = sum(analysis._footprint(a) for a in arrays if isinstance(a, np.ndarray)) + n_out * outs[0].nbytes
         seen.append((f"cupy elementwise {self.args[3]}", -(-size // 32), nbytes))
-        return outs
+        return outs if n_out > 1 else outs[0]
 
     kernels.launch, kernels._Snippet.__call__ = launch, snippet
     try:
