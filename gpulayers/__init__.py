@@ -6,6 +6,7 @@ NumPy inside ``with gpulayers.simulate():`` runs the same kernels on the CPU sim
 from . import losses, optimizers
 from .kernels import gpu_available, simulate
 from .layers.base import Layer
+from .layers.convolution import Conv2D, Conv2DTranspose
 from .layers.core import Activation, Dense, Dropout, Flatten
 from .layers.normalization import BatchNormalization
 from .layers.pooling import (
@@ -36,5 +37,5 @@ __all__ = [
     "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
     "UpSampling1D", "UpSampling2D", "UpSampling3D",
     "SimpleRNN", "LSTM", "GRU", "Bidirectional",
-    "Dense", "Activation", "Flatten", "Dropout", "Sequential", "losses", "optimizers",
+    "Dense", "Conv2D", "Conv2DTranspose", "Activation", "Flatten", "Dropout", "Sequential", "losses", "optimizers",
 ]
