@@ -71,10 +71,12 @@ def _from_cl(x, data_format):
 
 
 def _windows(xpad, k, s, d, count):
-    """(N, count_h, count_w, C, KH, KW) windows of a padded channels_last array."""
+    """(N, count_h, count_w, KH, KW, C) windows of a padded channels_last array, contiguous
+    (the columns of an im2col: C fastest, as in the array)."""
     k_eff = [(k[a] - 1) * d[a] + 1 for a in range(2)]
     win = np.lib.stride_tricks.sliding_window_view(xpad, k_eff, axis=(1, 2))
-    return win[:, ::s[0], ::s[1], :, ::d[0], ::d[1]][:, :count[0], :count[1]]
+    win = win[:, ::s[0], ::s[1], :, ::d[0], ::d[1]][:, :count[0], :count[1]]
+    return np.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3))
 
 
 def _scatter_taps(cols, image_shape, s, d, pad):
@@ -109,7 +111,7 @@ def conv2d_forward(x, kernel, bias, strides, padding, dilation, data_format="cha
     geo = [conv_geometry(xc.shape[1 + a], k[a], strides[a], dilation[a], padding) for a in range(2)]
     out, pad = [g[0] for g in geo], [g[1] for g in geo]
     win = _windows(_pad_for_windows(xc, out, k, strides, dilation, pad), k, strides, dilation, out)
-    y = np.tensordot(win, kernel.astype(acc), axes=([3, 4, 5], [2, 0, 1]))
+    y = np.tensordot(win, kernel.astype(acc), axes=3)  # taps (kh, kw, c) against kernel (kh, kw, c, f)
     if bias is not None:
         y = y + bias
     return _from_cl(y, data_format)
@@ -124,7 +126,7 @@ def conv2d_backward(x, dz, kernel, strides, padding, dilation, data_format="chan
     out, pad = list(g.shape[1:3]), [conv_geometry(xc.shape[1 + a], k[a], strides[a], dilation[a], padding)[1]
                                      for a in range(2)]
     win = _windows(_pad_for_windows(xc, out, k, strides, dilation, pad), k, strides, dilation, out)
-    dkernel = np.tensordot(win, g, axes=([0, 1, 2], [0, 1, 2])).transpose(1, 2, 0, 3)  # (C,KH,KW,F) -> Keras
+    dkernel = np.tensordot(win, g, axes=([0, 1, 2], [0, 1, 2]))  # (KH, KW, C, F)
     dcols = np.tensordot(g, kernel.astype(acc), axes=([3], [3]))  # (N, OH, OW, KH, KW, C)
     dx = _scatter_taps(dcols, xc.shape, strides, dilation, pad)
     return _from_cl(dx, data_format), dkernel, g.sum(axis=(0, 1, 2))
@@ -156,9 +158,9 @@ def conv2d_transpose_backward(x, dz, kernel, strides, padding, dilation, output_
     pad = [conv_transpose_geometry(xc.shape[1 + a], k[a], strides[a], dilation[a], padding, output_padding[a])[1]
            for a in range(2)]
     win = _windows(_pad_for_windows(g, xc.shape[1:3], k, strides, dilation, pad), k, strides, dilation,
-                   xc.shape[1:3])  # (N, IH, IW, F, KH, KW)
-    dx = np.tensordot(win, kernel.astype(acc), axes=([3, 4, 5], [2, 0, 1]))
-    dkernel = np.tensordot(win, xc, axes=([0, 1, 2], [0, 1, 2])).transpose(1, 2, 0, 3)  # (F,KH,KW,C) -> Keras
+                   xc.shape[1:3])  # (N, IH, IW, KH, KW, F)
+    dx = np.tensordot(win, kernel.astype(acc), axes=3)  # against kernel (kh, kw, f, c)
+    dkernel = np.tensordot(win, xc, axes=([0, 1, 2], [0, 1, 2]))  # (KH, KW, F, C)
     return _from_cl(dx, data_format), dkernel, g.sum(axis=(0, 1, 2))
 
 
