@@ -79,6 +79,7 @@ CONV_CASES = [
     dict(filters=2, kernel_size=3, strides=2, padding="same"),
     dict(filters=3, kernel_size=(2, 3), dilation_rate=(2, 1), padding="same", activation="relu"),
     dict(filters=2, kernel_size=4, strides=3, use_bias=False),
+    dict(filters=3, kernel_size=2, activation="softmax"),  # over the last axis, whatever the layout
 ]
 
 

@@ -417,12 +417,8 @@ class _Conv(Layer):
         if self.activation == "linear":
             self._saved = (x, None, None)
             return z.astype(x.dtype, copy=False)
-        act_in = z if self.data_format == "channels_last" or self.activation != "softmax" else \
-            kernels.array_module(z).moveaxis(z, 1, -1)
-        y = activation_forward(self.activation, act_in)
-        self._saved = (x, act_in, y)
-        if act_in is not z:
-            y = kernels.array_module(y).moveaxis(y, -1, 1)
+        y = activation_forward(self.activation, z)  # softmax: over the last axis, as Keras
+        self._saved = (x, z, y)
         return y.astype(x.dtype, copy=False)
 
     def backward_impl(self, dy):
@@ -431,10 +427,7 @@ class _Conv(Layer):
         kernel = self.params["kernel"]
         g = dy.astype(kernel.dtype, copy=False)
         if self.activation != "linear":
-            moved = self.activation == "softmax" and self.data_format == "channels_first"
-            g = activation_backward(self.activation, xp.moveaxis(g, 1, -1) if moved else g, z, y)
-            if moved:
-                g = xp.ascontiguousarray(xp.moveaxis(g, -1, 1))
+            g = activation_backward(self.activation, g, z, y)
         if self.transpose:
             args = (self.strides, self.padding, self.dilation_rate, self.output_padding, self.data_format)
             fn = conv2d_transpose_backward_kernel if on_kernels else conv2d_transpose_backward
