@@ -3,7 +3,7 @@ im2col/col2im kernels (simulator / GPU) vs the reference in both layouts and all
 output sizes, determinism and errors."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import gpulayers as gl
@@ -227,3 +227,52 @@ def test_errors_change_nothing():
         gl.Conv2DTranspose(4, 3, strides=2, output_padding=2)
     with pytest.raises(NotImplementedError, match="groups=2"):
         gl.Conv2D(4, 3, groups=2)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(transpose=st.booleans(), channels_first=st.booleans(), kh=st.integers(1, 4), kw=st.integers(1, 4),
+       sh=st.integers(1, 3), sw=st.integers(1, 3), dilate=st.booleans(), same=st.booleans(),
+       h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 5), f=st.integers(1, 5), pad_out=st.booleans())
+def test_kernels_match_reference_on_random_geometries(transpose, channels_first, kh, kw, sh, sw, dilate, same, h, w,
+                                                      c, f, pad_out):
+    """The simulated kernels against the reference for any geometry the layers accept."""
+    dilation = (2, 1) if dilate else (1, 1)
+    if dilate:  # strides > 1 with dilation > 1 is refused (as Keras)
+        sh = sw = 1
+    kw_ = dict(kernel_size=(kh, kw), strides=(sh, sw), dilation_rate=dilation, padding="same" if same else "valid",
+               data_format="channels_first" if channels_first else "channels_last", seed=1)
+    if transpose and pad_out:
+        kw_["output_padding"] = (sh - 1, sw - 1)
+    cls = gl.Conv2DTranspose if transpose else gl.Conv2D
+    shape = (2, c, h, w) if channels_first else (2, h, w, c)
+    if transpose:  # Keras's deconv_output_length
+        k_eff = [(k - 1) * d + 1 for k, d in zip((kh, kw), dilation)]
+        if "output_padding" in kw_:
+            pads = [k // 2 if same else 0 for k in k_eff]
+            out = [(n - 1) * s + k - 2 * p + op for n, s, k, p, op in zip((h, w), (sh, sw), k_eff, pads,
+                                                                          kw_["output_padding"])]
+        else:
+            out = [n * s if same else n * s + max(k - s, 0) for n, s, k in zip((h, w), (sh, sw), k_eff)]
+    else:
+        out = [conv.conv_geometry(n, k, s, d, kw_["padding"])[0] for n, k, s, d in zip((h, w), (kh, kw), (sh, sw),
+                                                                                      dilation)]
+    if min(out) <= 0:
+        event("empty output refused")
+        with pytest.raises(ValueError, match="the output would be empty"):
+            cls(f, **kw_)(np.zeros(shape))
+        return
+    event("compared")
+    rng = np.random.default_rng(h * 31 + w)
+    x = rng.standard_normal(shape)
+    ref = cls(f, **kw_)
+    y_ref = ref(x)
+    assert (y_ref.shape[2:4] if channels_first else y_ref.shape[1:3]) == tuple(out)  # Keras's output size
+    dy = rng.standard_normal(y_ref.shape)
+    dx_ref = ref.backward(dy)
+    with gl.simulate():
+        layer = cls(f, **kw_)
+        y = layer(x)
+        dx = layer.backward(dy)
+    assert_close(y, y_ref, what="forward")
+    assert_close(dx, dx_ref, what="input gradient")
+    assert_close(layer.grads["kernel"], ref.grads["kernel"], what="kernel gradient", normwise=True)
