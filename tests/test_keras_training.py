@@ -205,3 +205,25 @@ def test_optimizer_steps_match_keras(name, kw, path):
     assert layer.params["kernel"] is kernel_before  # updated in place
     for k, v in zip(shapes, variables):
         assert_close(layer.params[k], np.asarray(v.value), what=f"{name} {k} after 3 steps vs Keras")
+
+
+@pytest.mark.parametrize("opt,kw", [("SGD", dict(learning_rate=0.1, momentum=0.9)), ("Adam", dict(learning_rate=0.01))])
+def test_short_fit_matches_keras_fit(opt, kw):
+    """Same weights, same batches (no shuffling): per-epoch losses and final weights as Keras's fit."""
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((64, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    theirs = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
+    ours = gl.Sequential([gl.Dense(8, activation="tanh", seed=0), gl.Dense(3, seed=1)])
+    ours.build((None, 6))
+    theirs.set_weights(ours.get_weights())
+    theirs.compile(optimizer=getattr(keras.optimizers, opt)(**kw),
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ours.compile(optimizer=getattr(gl.optimizers, opt)(**kw),
+                 loss=gl.losses.SparseCategoricalCrossentropy(from_logits=True))
+    h_k = theirs.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0).history["loss"]
+    h = ours.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)["loss"]
+    assert_close(np.array(h, np.float32), np.array(h_k, np.float32), what="per-epoch losses vs Keras fit")
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        assert_close(a, b, what="weights after fit vs Keras")
+    assert h[-1] < h[0]
