@@ -231,11 +231,11 @@ class Sequential:
     def set_weights(self, weights):
         """Every layer's weights in order (Keras order), all or nothing."""
         weights = list(weights)
-        expected = [(key, n, tuple(layer._weights()[n].shape)) for key, layer in zip(self._keys, self.layers)
-                    for n in layer.weight_names]
         if not self.built:
             raise ValueError("Sequential: set_weights() needs the model built (call it once or build()). "
                              f"Received: {len(weights)} arrays")
+        expected = [(key, n, tuple(layer._weights()[n].shape)) for key, layer in zip(self._keys, self.layers)
+                    for n in layer.weight_names]
         if len(weights) != len(expected):
             raise ValueError(f"Sequential: set_weights() expects {len(expected)} arrays. Received: {len(weights)}")
         for (key, n, shape), w in zip(expected, weights):

@@ -1,7 +1,7 @@
 """Optimizers with Keras 3's arguments and update rules: SGD, Adam, AdamW, RMSprop.
 
 ``optimizer.apply(model_or_layer)`` updates every array in ``target.params`` IN PLACE from
-``target.grads`` (the same array objects, so every layer and wrapper sees the new values).
+``target.grads`` (or from an explicit ``grads`` dict with the same keys) (the same array objects, so every layer and wrapper sees the new values).
 One step, as Keras 3's ``Optimizer.apply``:
 
 1. clip the gradients: ``clipnorm`` (each gradient to that L2 norm), or
@@ -127,13 +127,19 @@ class Optimizer:
         lr = self.learning_rate
         return float(lr(self.iterations)) if callable(lr) else lr
 
-    def apply(self, target):
-        """One update of ``target.params`` (a model or a layer) from ``target.grads``, in place."""
+    def apply(self, target, grads=None):
+        """One update of ``target.params`` (a model or a layer), in place, from ``target.grads`` or
+        from ``grads``: a dict with the same keys (e.g. gradients accumulated over micro-batches)."""
         me = type(self).__name__
         if not hasattr(target, "params") or not hasattr(target, "grads"):
             raise TypeError(f"{me}: apply() takes a model or a layer (with params and grads). "
                             f"Received: {type(target).__name__}")
-        params, grads = target.params, target.grads
+        params = target.params
+        if grads is None:
+            grads = target.grads
+        elif not isinstance(grads, dict):
+            raise TypeError(f"{me}: `grads` must be a dict keyed like the target's params. "
+                            f"Received: grads of type {type(grads).__name__}")
         names = named_parameters(target)
         # validate everything before changing anything
         for full, k in names:

@@ -298,6 +298,21 @@ def test_micro_batch_accumulation_equals_one_batch():
             acc[k] = acc[k] + g * 0.5  # two equal micro-batches: average their mean gradients
     for k in full:
         assert_close(acc[k], full[k], np.float32, what=k)
+    # the accumulated gradients go to the optimizer explicitly: the same step as the full batch
+    twin = make_model(7)
+    twin.layers[1].rate = 0.0
+    with pytest.raises(ValueError, match="set_weights\\(\\) needs the model built"):
+        twin.set_weights(model.get_weights())
+    twin.build((None, 6))
+    twin.set_weights(model.get_weights())
+    loss(y, twin(x, training=True))
+    twin.backward(loss.backward())
+    optimizers.SGD(0.1).apply(twin)
+    optimizers.SGD(0.1).apply(model, grads=acc)
+    for a, b in zip(model.get_weights(), twin.get_weights()):
+        assert_close(a, b, np.float32, what="step from accumulated gradients")
+    with pytest.raises(ValueError, match="no gradient for parameter 'dense_1/bias'"):
+        optimizers.SGD(0.1).apply(model, grads={k: v for k, v in acc.items() if k != "dense_1/bias"})
 
 
 def test_save_load_round_trip_with_optimizer_state(tmp_path):
