@@ -7,7 +7,7 @@ import pytest
 
 import gpulayers as gl
 from gpulayers import losses, optimizers
-from gpulayers.testing import assert_close, numerical_gradient
+from gpulayers.testing import assert_close, numerical_gradient, to_numpy
 
 # ----------------------------------------------------------------------------- losses
 
@@ -164,7 +164,7 @@ def test_fused_optimizer_kernel_matches_reference(kernel_path, name, kw, dtype):
         ref_opt.apply(ref)
 
     def run(p, b, *gs):
-        layer = _layer_with(p, b)
+        layer = _layer_with(to_numpy(p), to_numpy(b))  # built on the CPU, then moved
         if kernel_path.name == "gpu":
             layer.to("gpu")
         kernel = layer.params["kernel"]
