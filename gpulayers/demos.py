@@ -88,7 +88,8 @@ def images_model(seed=0):
     return Sequential([
         Conv2D(16, 3, padding="same", use_bias=False, seed=seed), BatchNormalization(momentum=0.9), Activation("relu"),
         MaxPooling2D(2),
-        Conv2D(32, 3, padding="same", use_bias=False, seed=seed + 1), BatchNormalization(momentum=0.9), Activation("relu"),
+        Conv2D(32, 3, padding="same", use_bias=False, seed=seed + 1), BatchNormalization(momentum=0.9),
+        Activation("relu"),
         MaxPooling2D(2),
         Conv2D(32, 3, padding="same", activation="relu", seed=seed + 2),
         GlobalAveragePooling2D(),

@@ -1,7 +1,8 @@
 """Optimizers with Keras 3's arguments and update rules: SGD, Adam, AdamW, RMSprop.
 
-``optimizer.apply(model_or_layer)`` updates every array in ``target.params`` IN PLACE from
-``target.grads`` (or from an explicit ``grads`` dict with the same keys) (the same array objects, so every layer and wrapper sees the new values).
+``optimizer.apply(model_or_layer)`` updates every array in ``target.params`` IN PLACE (the
+same array objects, so every layer and wrapper sees the new values) from ``target.grads``,
+or from an explicit ``grads`` dict with the same keys.
 One step, as Keras 3's ``Optimizer.apply``:
 
 1. clip the gradients: ``clipnorm`` (each gradient to that L2 norm), or

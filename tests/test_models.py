@@ -39,7 +39,8 @@ def direct_loss(name, y_true, y_pred, from_logits):
     return total / count
 
 
-LOSSES = [("sparse", losses.SparseCategoricalCrossentropy, True), ("sparse", losses.SparseCategoricalCrossentropy, False),
+LOSSES = [("sparse", losses.SparseCategoricalCrossentropy, True),
+          ("sparse", losses.SparseCategoricalCrossentropy, False),
           ("cce", losses.CategoricalCrossentropy, True), ("cce", losses.CategoricalCrossentropy, False),
           ("bce", losses.BinaryCrossentropy, True), ("bce", losses.BinaryCrossentropy, False),
           ("mse", losses.MeanSquaredError, None), ("mae", losses.MeanAbsoluteError, None)]
@@ -70,7 +71,8 @@ def test_sparse_labels_out_of_range_name_the_first_bad_label():
     loss = losses.SparseCategoricalCrossentropy(from_logits=True)
     loss(np.array([0, 1]), np.zeros((2, 3), np.float32))
     grad = loss.backward().copy()
-    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\) for 3 classes. Received: label 7 at flat position 2"):
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\) for 3 classes. "
+                                         r"Received: label 7 at flat position 2"):
         loss(np.array([0, 2, 7, -1]), np.zeros((4, 3), np.float32))
     with pytest.raises(ValueError, match="one label per prediction"):
         loss(np.array([0, 1, 2]), np.zeros((2, 3), np.float32))
@@ -181,7 +183,8 @@ def test_fused_optimizer_kernel_matches_reference(kernel_path, name, kw, dtype):
 
 
 def test_optimizer_errors_and_state_round_trip():
-    with pytest.raises(ValueError, match=r"SGD: `learning_rate` must be a number in \(0.0, inf\]. Received: learning_rate=-1"):
+    with pytest.raises(ValueError, match=r"SGD: `learning_rate` must be a number in \(0.0, inf\]. "
+                                         r"Received: learning_rate=-1"):
         optimizers.SGD(learning_rate=-1)
     with pytest.raises(ValueError, match="only one of `clipnorm`, `clipvalue` and `global_clipnorm`"):
         optimizers.Adam(clipnorm=1.0, global_clipnorm=1.0)
@@ -342,7 +345,8 @@ def test_load_of_another_architecture_changes_nothing(tmp_path):
     wider = gl.Sequential([gl.Dense(16, activation="relu"), gl.Dropout(0.1), gl.Dense(4)])
     wider.build((None, 6))
     before = [w.copy() for w in wider.get_weights()]
-    with pytest.raises(ValueError, match=r"weight 'dense_1/kernel' has shape \(16, 3\) in the file, \(16, 4\) in the model"):
+    with pytest.raises(ValueError, match=r"weight 'dense_1/kernel' has shape \(16, 3\) in the file, "
+                                         r"\(16, 4\) in the model"):
         wider.load_weights(path)
     assert all(np.array_equal(a, b) for a, b in zip(before, wider.get_weights()))
     deeper = gl.Sequential([gl.Dense(16), gl.Dropout(0.1), gl.Dense(3), gl.Dense(2)])

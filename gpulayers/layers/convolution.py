@@ -21,7 +21,6 @@ Geometry (per spatial axis, kernel k, stride s, dilation d, k_eff = (k - 1) d + 
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 
