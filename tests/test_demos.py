@@ -43,3 +43,6 @@ def test_cli_demo_and_errors(tmp_path, capsys):
         demos.run("sequence", epochs=0, out_dir=tmp_path)
     with pytest.raises(SystemExit):
         cli.main(["demo", "--task", "video"])
+    if not demos.kernels.gpu_available():
+        with pytest.raises(ValueError, match="demo: no GPU is available"):
+            demos.run("sequence", device="gpu", out_dir=tmp_path)
