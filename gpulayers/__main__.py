@@ -1,4 +1,4 @@
-"""Command line: ``python -m gpulayers selftest | info | kernels [--arch sm_90]``."""
+"""Command line: ``python -m gpulayers selftest | info | kernels [--arch sm_90] | demo --task ...``."""
 from __future__ import annotations
 
 import argparse
@@ -60,7 +60,19 @@ def main(argv=None) -> int:
     sub.add_parser("info", help="versions, GPU, kernel cache folder")
     kr = sub.add_parser("kernels", help="registers, shared memory, stack and spills per kernel (NVRTC, no GPU needed)")
     kr.add_argument("--arch", default="sm_90", help="target, e.g. sm_80 or sm_90 (default sm_90)")
+    dm = sub.add_parser("demo", help="train a small model on generated data: images, autoencoder or sequence")
+    dm.add_argument("--task", choices=("images", "autoencoder", "sequence"), default="images",
+                    help="images: CNN on generated shapes; autoencoder: conv encoder/decoder; "
+                         "sequence: LSTM forecaster of SIR epidemic curves (default images)")
+    dm.add_argument("--epochs", type=int, default=None, help="training epochs (default: the task's)")
+    dm.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                    help="cpu: the NumPy path; gpu: CuPy arrays and the CUDA kernels (default cpu)")
+    dm.add_argument("--out", default=".", help="folder for <task>_loss.png and <task>_summary.txt (default .)")
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        from . import demos
+
+        return demos.main(args.task, epochs=args.epochs, device=args.device, out_dir=args.out)
     if args.command == "info":
         return info()
     if args.command == "kernels":
