@@ -130,7 +130,7 @@ def _launches_only():
         seen.append((name, math.prod(grid) * -(-math.prod(block) // 32), nbytes))
 
     def snippet(self, *arrays, **kw):
-        n_out = len([p for p in self.args[1].split(",") if p.strip()])
+        n_out = self.n_outputs
         outs = tuple(np.empty_like(arrays[0]) for _ in range(n_out))
         size = outs[0].size
         nbytes = sum(analysis._footprint(a) for a in arrays if isinstance(a, np.ndarray)) + n_out * outs[0].nbytes
