@@ -231,6 +231,66 @@ __global__ void max_pool_backward(const T* __restrict__ x, const unsigned char* 
     }
 }
 
+// channels_first backward (a gather, like the kernels above), a warp per 32 consecutive input
+// columns w of one input row (n, c, d, h): for each output row (od, oh) covering it, the warp
+// loads the dy columns (and one-byte window offsets) its lanes need as coalesced segments
+// (gl::WarpRow: 4 bytes per lane), and each lane takes its covering outputs by shuffles.
+// Same outputs in the same order as the direct kernels: identical results. Python launches it
+// when the warp's columns fit in kRowSegments segments (and max pooling kept its offsets).
+constexpr int kRowSegments = 4;
+
+template <typename T, bool IS_MAX>
+__global__ void pool_backward_rows(const T* __restrict__ dy, const unsigned char* __restrict__ argmax,
+                                   T* __restrict__ dx, POOL_GEOM_PARAMS) {
+    typedef typename gl::Acc<T>::type A;
+    const PoolGeom g = POOL_GEOM_ARGS;
+    const int lane = threadIdx.x & 31;
+    const int chunks = (g.W + 31) / 32;
+    const index_t warps = (index_t)g.N * g.C * g.D * g.H * chunks;
+    const int per_lane = (g.KW + g.SW - 1) / g.SW;  // most outputs covering one column
+    for (index_t wi = gl::global_thread_index() / 32; wi < warps; wi += gl::grid_stride() / 32) {
+        index_t q = wi;  // warp -> (n, c, d, h, chunk)
+        const int chunk = (int)(q % chunks); q /= chunks;
+        const int h = (int)(q % g.H); q /= g.H;
+        const int d = (int)(q % g.D); q /= g.D;
+        const int c = (int)(q % g.C);
+        const int n = (int)(q / g.C);
+        const int w = chunk * 32 + lane;
+        int dlo, dhi, hlo, hhi, wlo, whi, first_lo, first_hi, last_lo, last_hi;
+        covering(d, g.PD, g.KD, g.SD, g.OD, dlo, dhi);
+        covering(h, g.PH, g.KH, g.SH, g.OH, hlo, hhi);
+        covering(w, g.PW, g.KW, g.SW, g.OW, wlo, whi);
+        covering(chunk * 32, g.PW, g.KW, g.SW, g.OW, first_lo, first_hi);
+        covering(chunk * 32 + 31, g.PW, g.KW, g.SW, g.OW, last_lo, last_hi);
+        const int span_hi = max(last_hi, first_lo);  // the warp's output columns: [first_lo, span_hi]
+        A acc = 0;
+        for (int od = dlo; od <= dhi; ++od) {
+            for (int oh = hlo; oh <= hhi; ++oh) {
+                const index_t row = offset5<false>(n, c, od, oh, 0, g.C, g.OD, g.OH, g.OW);
+                gl::WarpRow<T, kRowSegments> grads;
+                grads.load(dy + row, g.OW, first_lo, span_hi - first_lo + 1);
+                gl::WarpRow<unsigned char, kRowSegments> offsets;
+                if (IS_MAX) offsets.load(argmax + row, g.OW, first_lo, span_hi - first_lo + 1);
+                for (int k = 0; k < per_lane; ++k) {
+                    const int ow = wlo + k;
+                    const int col = min(max(ow, first_lo), span_hi);
+                    const A gv = gl::to_acc(grads.take(col));
+                    const int winner = IS_MAX ? (int)offsets.take(col) : 0;
+                    if (ow > whi) continue;
+                    if (IS_MAX) {
+                        const int mine = ((d - (od * g.SD - g.PD)) * g.KH + (h - (oh * g.SH - g.PH))) * g.KW +
+                                         (w - (ow * g.SW - g.PW));
+                        acc += (winner == mine) ? gv : (A)0;
+                    } else {
+                        acc += gv / window_count(g, od, oh, ow);
+                    }
+                }
+            }
+        }
+        if (w < g.W) dx[offset5<false>(n, c, d, h, w, g.C, g.D, g.H, g.W)] = gl::from_acc<T>(acc);
+    }
+}
+
 // y[o] = mean of the real cells of window o. One thread per output element.
 template <typename T, bool CL>
 __global__ void avg_pool_forward(const T* __restrict__ x, T* __restrict__ y, POOL_GEOM_PARAMS) {

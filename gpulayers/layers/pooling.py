@@ -32,8 +32,10 @@ kernels.declare(SOURCE, [
                  "global_pool_forward_rows", "global_pool_forward_cols", "global_avg_backward",
                  "global_max_backward")
     for cl in ("true", "false")
-] + [f"pool_forward_rows<{{T}}, {is_max}>" for is_max in ("true", "false")])
-ROW_SEGMENTS = 4  # pool_forward_rows loads up to this many 32-column segments per input row
+] + [f"pool_{direction}_rows<{{T}}, {is_max}>" for direction in ("forward", "backward")
+       for is_max in ("true", "false")])
+ROW_SEGMENTS = 4  # pool_*_rows load up to this many 32-element segments per row (kRowSegments)
+ROW_KERNELS = True  # channels_first takes the warp-per-row kernels where they fit (tests switch it off)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -239,8 +241,21 @@ def _kernel_geometry(x_shape, pool_size, strides, padding, data_format):
 def _rows_kernel(x_shape, pool_size, strides, data_format):
     """Whether the forward pass takes pool_forward_rows: channels_first with a column stride
     above 1, when a warp's input columns fit in ROW_SEGMENTS segments of 32."""
-    return (data_format == "channels_first" and strides[-1] > 1
+    return (ROW_KERNELS and data_format == "channels_first" and strides[-1] > 1
             and 31 * strides[-1] + pool_size[-1] <= 32 * ROW_SEGMENTS)
+
+
+def _rows_backward(pool_size, strides, data_format):
+    """Whether backward takes pool_backward_rows: channels_first, when the dy columns a warp of
+    32 input columns reads fit in ROW_SEGMENTS segments."""
+    return (ROW_KERNELS and data_format == "channels_first"
+            and (31 + pool_size[-1]) // strides[-1] + 2 <= 32 * ROW_SEGMENTS)
+
+
+def _launch_backward_rows(is_max, dy, argmax, dx, x_shape, geom):
+    warps = math.prod(x_shape[:-1]) * kernels.ceil_div(x_shape[-1], 32)
+    kernels.launch(SOURCE, f"pool_backward_rows<{{T}}, {is_max}>", dy.dtype, kernels.grid_1d(32 * warps, BLOCK),
+                   BLOCK, (dy, argmax, dx, *geom))
 
 
 def max_pool_forward_kernel(x, pool_size, strides, padding, data_format):
@@ -273,6 +288,9 @@ def max_pool_backward_kernel(x, argmax, dy, pool_size, strides, padding, data_fo
     _, geom = _kernel_geometry(tuple(x.shape), pool_size, strides, padding, data_format)
     dx = xp.empty(x.shape, x.dtype)
     saved = argmax is not None
+    if saved and _rows_backward(pool_size, strides, data_format):
+        _launch_backward_rows("true", dy, argmax, dx, x.shape, geom)
+        return dx
     kernels.launch(SOURCE, f"max_pool_backward<{{T}}, {_cl(data_format)}>", x.dtype,
                    kernels.grid_1d(x.size, BLOCK), BLOCK,
                    (x, argmax if saved else xp.empty((1,), np.uint8), np.int32(saved), dy, dx, *geom))
@@ -295,6 +313,9 @@ def avg_pool_backward_kernel(x_shape, dy, pool_size, strides, padding, data_form
     dy = xp.ascontiguousarray(dy)
     _, geom = _kernel_geometry(tuple(x_shape), pool_size, strides, padding, data_format)
     dx = xp.empty(x_shape, dy.dtype)
+    if _rows_backward(pool_size, strides, data_format):
+        _launch_backward_rows("false", dy, xp.empty((1,), np.uint8), dx, x_shape, geom)
+        return dx
     kernels.launch(SOURCE, f"avg_pool_backward<{{T}}, {_cl(data_format)}>", dy.dtype,
                    kernels.grid_1d(dx.size, BLOCK), BLOCK, (dy, dx, *geom))
     return dx
