@@ -1,4 +1,4 @@
-"""Command line: ``python -m gpulayers selftest | info | kernels [--arch sm_90] | demo --task ...``."""
+"""Command line: ``python -m gpulayers selftest | info | kernels [--arch sm_90] | demo --task ... | profile --sim``."""
 from __future__ import annotations
 
 import argparse
@@ -68,7 +68,23 @@ def main(argv=None) -> int:
     dm.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                     help="cpu: the NumPy path; gpu: CuPy arrays and the CUDA kernels (default cpu)")
     dm.add_argument("--out", default=".", help="folder for <task>_loss.png and <task>_summary.txt (default .)")
+    pr = sub.add_parser("profile", help="memory behaviour of every layer's kernels in the simulator's analysis mode",
+                        description="Runs every benchmark case through the CPU kernel simulator's analysis mode "
+                                    "and prints, per layer call and kernel: launches, modeled DRAM bytes against the "
+                                    "minimal bytes, global load/store sectors per request against the ideal, the "
+                                    "shared-memory bank-conflict factor, hazards, warps at the GPU benchmark shape "
+                                    "and a modeled H100/H200 fraction of the memory roofline. No GPU needed.")
+    pr.add_argument("--sim", action="store_true", required=True,
+                    help="use the CPU kernel simulator's analysis mode (the only mode so far; required)")
+    pr.add_argument("--filter", default="", metavar="FAMILY",
+                    help="only cases whose family (pooling, upsampling, batchnorm, recurrent) or name contains this")
+    pr.add_argument("--json", default=None, metavar="PATH", help="also write the records to this JSON file")
     args = parser.parse_args(argv)
+    if args.command == "profile":
+        from . import profile
+
+        profile.run(args.filter, args.json)
+        return 0
     if args.command == "demo":
         from . import demos
 
