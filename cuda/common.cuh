@@ -233,6 +233,33 @@ struct WarpRow {
         }
     }
 
+    // Writes columns [begin, begin + count) of `out` (a row of W columns), coalesced, P per
+    // lane as one 4-byte word where the row allows: value(col) gives each column's value and is
+    // called by every lane the same number of times (it may shuffle).
+    template <typename F>
+    static __device__ __forceinline__ void store(T* __restrict__ out, int W, int begin, int count, F value) {
+        const int lane = threadIdx.x & 31;
+        const int first = P > 1 ? begin - (int)(((unsigned long long)(out + begin) / sizeof(T)) % P) : begin;
+        const int nseg = (begin + count - first + 32 * P - 1) / (32 * P);
+        for (int j = 0; j < nseg; ++j) {
+            const int c0 = first + (32 * j + lane) * P;
+            T v[P];
+            for (int k = 0; k < P; ++k) v[k] = value(c0 + k);
+            if (P > 1 && c0 >= begin && c0 + P <= begin + count && c0 + P <= W) {
+                unsigned int w = 0;
+                for (int k = 0; k < P; ++k) {
+                    unsigned int bits = 0;
+                    *reinterpret_cast<T*>(&bits) = v[k];
+                    w |= bits << (8 * sizeof(T) * k);
+                }
+                *reinterpret_cast<unsigned int*>(out + c0) = w;
+            } else {
+                for (int k = 0; k < P; ++k)
+                    if (c0 + k >= begin && c0 + k < begin + count && c0 + k < W) out[c0 + k] = v[k];
+            }
+        }
+    }
+
     // Element at row column `col` (in the loaded span) as T; every lane must call it.
     __device__ __forceinline__ T take(int col) const {
         const int rel = col - first;                 // in [0, nseg * 32 * P)

@@ -210,3 +210,28 @@ __global__ void upsample_bilinear_backward_rows(const T* __restrict__ dy, T* __r
         if (w < W) dx[offset5<false>(n, c, 0, h, w, C, 1, H, W)] = gl::from_acc<T>(acc);
     }
 }
+
+// Nearest forward, channels_first: a warp per 32 * P consecutive input columns of one input
+// row (P = 4 / sizeof(T), 1 for 4- and 8-byte types): loads them once (coalesced), then writes
+// the SW * 32 * P output columns they repeat into each of the SD x SH output rows, coalesced
+// (one 4-byte word per lane), taking each value by warp shuffles. The direct kernel's lanes
+// read 32 / SW distinct inputs per request, too few bytes to fill the sectors they touch.
+template <typename T>
+__global__ void upsample_nearest_forward_rows(const T* __restrict__ x, T* __restrict__ y, UPSAMPLE_PARAMS) {
+    typedef gl::WarpRow<T, 1> Row;
+    const int OD = D * SD, OH = H * SH, OW = W * SW;
+    const int span = 32 * Row::P, chunks = (W + span - 1) / span;
+    const index_t warps = (index_t)N * C * D * H * chunks;
+    for (index_t wi = gl::global_thread_index() / 32; wi < warps; wi += gl::grid_stride() / 32) {
+        int n, c, d, h, chunk;
+        warp_row(wi, C, D, H, chunks, n, c, d, h, chunk);
+        const int w0 = chunk * span;  // first input column of the warp
+        Row row;
+        row.load(x + offset5<false>(n, c, d, h, 0, C, D, H, W), W, w0, min(span, W - w0));
+        for (int od = d * SD; od < (d + 1) * SD; ++od)
+            for (int oh = h * SH; oh < (h + 1) * SH; ++oh)
+                Row::store(y + offset5<false>(n, c, od, oh, 0, C, OD, OH, OW), OW, w0 * SW,
+                           min(span, W - w0) * SW,
+                           [&](int ow) { return row.take(min(max(ow / SW, row.first), w0 + span - 1)); });
+    }
+}

@@ -199,7 +199,9 @@ def test_channels_first_backward_row_and_direct_kernels(monkeypatch, kw, shape, 
     dx_ref = ref.backward(dy)
     layer = gl.UpSampling2D(**kw)
     with gl.simulate(), analysis.recording() as reports, analysis.checking():
-        layer(x)
+        y = layer(x)
         dx = layer.backward(dy)
+    assert_close(y, y_ref, what="forward")
     assert_close(dx, dx_ref, what="backward")
     assert ("backward_rows" in reports[-1].kernel) == (rows and fits)
+    assert ("forward_rows" in reports[0].kernel) == (rows and kw.get("interpolation") is None)

@@ -27,7 +27,8 @@ kernels.declare(SOURCE, [
     for name in ("upsample_nearest_forward", "upsample_nearest_backward")
     for cl, vecs in (("true", "1 2 4 8"), ("false", "1")) for vec in vecs.split()
 ] + [f"{name}<{{T}}, {cl}>" for name in ("upsample_bilinear_forward", "upsample_bilinear_backward")
-     for cl in ("true", "false")] + ["upsample_nearest_backward_rows<{T}>", "upsample_bilinear_backward_rows<{T}>"])
+     for cl in ("true", "false")] + ["upsample_nearest_forward_rows<{T}>", "upsample_nearest_backward_rows<{T}>",
+                                     "upsample_bilinear_backward_rows<{T}>"])
 ROW_SEGMENTS = 4  # the *_rows kernels load up to this many 32-element segments per row (kRowSegments)
 ROW_KERNELS = True  # channels_first backward takes the warp-per-row kernels where they fit (tests switch it off)
 
@@ -143,7 +144,13 @@ def upsample_kernel(x, size, data_format, interpolation="nearest"):
     y = xp.empty(_out_shape(x.shape, size, data_format), x.dtype)
     args = _kernel_args(tuple(x.shape), size, data_format)
     cl = "true" if data_format == "channels_last" else "false"
-    if interpolation == "nearest":
+    if interpolation == "nearest" and ROW_KERNELS and data_format == "channels_first":
+        # a warp per 32 words of input columns of a row: loaded once, repeated into the output rows
+        per_warp = 32 * max(1, 4 // x.dtype.itemsize)
+        warps = math.prod(x.shape[:-1]) * kernels.ceil_div(x.shape[-1], per_warp)
+        kernels.launch(SOURCE, "upsample_nearest_forward_rows<{T}>", x.dtype, kernels.grid_1d(32 * warps, BLOCK),
+                       BLOCK, (x, y, *args))
+    elif interpolation == "nearest":
         vec = _vector_width((x, y), int(args[1]), data_format, x.dtype.itemsize)
         kernels.launch(SOURCE, f"upsample_nearest_forward<{{T}}, {cl}, {vec}>", x.dtype,
                        kernels.grid_1d(y.size // vec, BLOCK), BLOCK, (x, y, *args))
