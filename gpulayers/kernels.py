@@ -293,7 +293,8 @@ class _Snippet:
         records = analysis.active()
         if records is not None:  # CuPy generates these kernels: their traffic is modeled, not simulated
             outs = out if isinstance(out, tuple) else (out,)
-            records.append(analysis.elementwise_report(self.args[3], arrays, outs, int(outs[0].size)))
+            if self.kind == "elementwise":  # (reductions would need their own model; none is used yet)
+                records.append(analysis.elementwise_report(self.args[3], arrays, outs, int(outs[0].size)))
         return out
 
 

@@ -161,3 +161,96 @@ def test_checking_fails_on_a_hazard_and_recording_collects_reports(rng):
         layer.backward(np.ones_like(y))
     assert [r.kernel for r in reports] == ["max_pool_forward<float, true>", "max_pool_backward<float, true>"]
     assert all(r.hazard_count == 0 and r.load_requests > 0 for r in reports)
+
+
+# ---- more hazards, schedules and errors
+
+def test_reusing_a_tile_without_a_barrier_is_a_war_race(rng):
+    x, y = rng.standard_normal(64).astype(np.float32), np.zeros(64, np.float32)
+    r = sim.analyze(FILE, "reuse_without_barrier", 1, 64, [x, y])
+    kinds = {(h.kind, h.space) for h in r.hazards}
+    assert ("WAR", "shared") in kinds and r.hazards[0].first_block == r.hazards[0].second_block
+    two = sim.analyze(FILE, "two_warps_write_one_word", 1, 64, [np.zeros(64, np.float32)])
+    assert two.hazard_count == 1 and two.hazards[0].kind == "WAW" and "word" in two.hazards[0].address
+
+
+def test_in_place_shift_is_a_global_war_race_naming_the_reader():
+    x = np.arange(100, dtype=np.float32)
+    r = sim.analyze(FILE, "shift_in_place", 2, 64, [x, np.int32(100)])
+    assert r.hazard_count > 0 and {h.kind for h in r.hazards} == {"WAR"}
+    h = r.hazards[0]
+    # thread t reads x[t + 1] (first), which thread t + 1 then writes (second): both are named
+    assert h.first_thread[0] + 1 == h.second_thread[0] and h.first_block == h.second_block
+
+
+def test_syncwarp_orders_global_accesses_of_its_lanes():
+    y = np.zeros(64, np.float32)
+    r = sim.analyze(FILE, "global_exchange_syncwarp", 1, 32, [y])
+    assert r.hazard_count == 0 and np.array_equal(y[32:], (np.arange(32) ^ 1).astype(np.float32))
+
+
+def test_disjoint_syncwarp_masks_and_shuffles_do_not_order():
+    r = sim.analyze(FILE, "disjoint_syncwarp", 1, 32, [np.zeros(32, np.float32)])
+    assert r.hazard_count == 32 and {h.kind for h in r.hazards} == {"RAW"}
+    r = sim.analyze(FILE, "shuffle_is_not_a_fence", 1, 32, [np.zeros(32, np.float32)])
+    assert r.hazard_count == 32 and {h.kind for h in r.hazards} == {"RAW"}
+
+
+def test_atomics_race_with_plain_accesses_and_serialise_on_one_word():
+    out = np.zeros(1, np.uint32)
+    r = sim.analyze(FILE, "init_then_atomic", 1, 64, [out])
+    assert r.hazard_count > 0 and r.hazards[0].kind == "WAW"
+    r = sim.analyze(FILE, "shared_atomic_one_word", 1, 64, [out])
+    assert out[0] == 64 and r.hazard_count == 0
+    # the two warps' atomic requests take 32 wavefronts each (one word, 32 lanes)
+    assert r.shared_wavefronts >= 2 * 32
+
+
+def test_dynamic_shared_memory_past_the_launch_size_and_reads_past_an_array():
+    y = np.zeros(64, np.float32)
+    ok = sim.analyze(FILE, "dynamic_fill", 1, 64, [y, np.int32(32)], shared_mem=128)
+    assert ok.hazard_count == 0 and y[:32].sum() == 32
+    with pytest.raises(sim.KernelError, match="dynamic shared memory write past the 128 bytes"):
+        sim.analyze(FILE, "dynamic_fill", 1, 64, [y, np.int32(64)], shared_mem=128)
+    x = np.ones(64, np.float32)
+    with pytest.raises(sim.KernelError, match="out-of-bounds global memory read: argument 0 .* byte offset 256"):
+        sim.analyze(FILE, "read_one_past", 1, 64, [x, y, np.int32(64)])
+
+
+def test_lanes_skipping_a_branch_never_merge_two_iterations(rng):
+    x, y = rng.standard_normal(128).astype(np.float32), np.zeros(128, np.float32)
+    r = sim.analyze(FILE, "branch_in_loop", 1, 32, [x, y])
+    # Each request reads one iteration's 128 bytes (4 sectors): iterations are never merged.
+    # The host compiler places this loop's latch before the store's block, so the lanes that
+    # skip the store may run ahead into the next iteration and split its load (the documented
+    # limit of lowest-address-first reconvergence): between 4 and 8 requests, never fewer.
+    assert r.load_sectors == 4 * r.load_requests and 4 <= r.load_requests <= 8 and r.load_ideal_sectors == 16
+    assert r.store_requests == 4
+    np.testing.assert_allclose(y.reshape(4, 32)[:, 1::2], np.cumsum(x.reshape(4, 32), axis=0)[:, 1::2], rtol=1e-6)
+
+
+def test_ragged_loops_with_per_iteration_addresses(rng):
+    counts = np.array([1, 2, 3, 0] * 8, np.int32)
+    x, y = rng.standard_normal(256).astype(np.float32), np.zeros(32, np.float32)
+    r = sim.analyze(FILE, "ragged_loops_offset", 1, 32, [x, counts, y])
+    # as ragged_loops; merged iterations of different lanes would read two rows per request
+    assert (r.load_requests, r.load_sectors, r.load_ideal_sectors) == (1 + 2 * 3, 4 + 2 * 12, 4 + 2 * 6)
+
+
+def test_dram_reads_exclude_what_the_launch_wrote_and_float4_shared(rng):
+    y, z = np.zeros(256, np.float32), np.zeros(256, np.float32)
+    r = sim.analyze(FILE, "write_then_read", 2, 128, [y, z])
+    assert (r.dram_read_bytes, r.dram_write_bytes) == (0, 2 * 1024) and r.hazard_count == 0
+    x, out = rng.standard_normal(128).astype(np.float32), np.zeros(128, np.float32)
+    r = sim.analyze(FILE, "float4_shared", 1, 32, [x, out])
+    assert np.array_equal(out.reshape(32, 4), x.reshape(32, 4)[::-1])
+    assert (r.shared_requests, r.shared_wavefronts, r.shared_ideal_wavefronts) == (2, 8, 8)
+
+
+def test_checking_raises_on_a_hazard(rng, monkeypatch):
+    from gpulayers import kernels
+
+    x, y = rng.standard_normal(256).astype(np.float32), np.zeros(256, np.float32)
+    with analysis.checking(), pytest.raises(sim.KernelError, match="RAW race on shared memory"):
+        analysis.run(FILE.resolve(), ["reverse_missing_barrier"], "reverse_missing_barrier", (2,), (128,), [x, y])
+    assert kernels.simulating() is False

@@ -1,13 +1,14 @@
 """Analysis mode of the CPU kernel simulator: what a kernel does to GPU memory, without a GPU.
 
-The same ``.cu`` source is compiled a second way: with ``g++ -fsanitize=thread``, linked
-without the sanitizer's runtime, so that every load and store of the kernel calls a hook of
-ours (``include/sim_analysis.h``). The hook knows the address, the size, read or write, and
-the instruction (its return address). The simulated thread then waits until its warp issues
-that instruction: in each warp, the lanes waiting at the lowest instruction address issue it
-together (one *request*) while the others are inactive. Lanes thus advance in lockstep, and a
-loop whose trip count differs between lanes runs its extra iterations with the other lanes
-inactive, so the k-th iteration of each enclosing loop is one request.
+The same ``.cu`` source is compiled a second way: with ``g++ -fsanitize=thread`` (and
+``-fsanitize-coverage=trace-pc``), linked without the sanitizer's runtime, so that every load and
+store of the kernel, and every basic block it enters, calls a hook of ours
+(``include/sim_analysis.h``). The hook knows the address, the size, read or write, and the
+instruction (its return address). The simulated thread then waits until its warp issues that
+instruction: in each warp, the lanes waiting at the lowest instruction address issue it together
+(one *request*) while the others are inactive. Lanes thus advance in lockstep: a loop whose trip
+count differs between lanes runs its extra iterations with the other lanes inactive, and lanes
+that skip a conditional block wait for the others after it.
 
 Per launch (Nsight Compute's definitions: a request is one warp-level instruction, a sector an
 aligned 32-byte chunk) a :class:`Report` holds:
@@ -21,18 +22,25 @@ aligned 32-byte chunk) a :class:`Report` holds:
   the ideal wavefronts, whose ratio is the bank-conflict factor;
 - hazards (:class:`Hazard`): shared-memory RAW/WAR/WAW between two threads of a block with no
   ``__syncthreads()`` between them (lanes of one warp are ordered only by a warp collective or
-  ``__syncwarp()`` they both took part in, never implicitly); reads of shared memory nothing in
-  the block wrote; two different threads writing the same global bytes, or a thread reading
-  global bytes that another block writes. Atomics are exempt.
+  ``__syncwarp()`` they both took part in, never implicitly: shuffles and votes order no
+  memory); reads of shared memory nothing in the block wrote; the same for global memory
+  between threads of different blocks (never ordered within a launch) or of one block without
+  a barrier: RAW, WAR, WAW. Atomics race only with plain accesses, not with each other. A
+  dynamic shared memory access past the bytes the launch gave, or a global one outside its
+  array, fails the launch.
 
 Limits of the model: one warp instruction per access the host compiler emits at -O1 (close to,
-not the same as, what NVCC emits: a 16-byte vector load stays one request, but a value the
-host compiler keeps in a register is no access at all); lowest-address-first is the
-reconvergence order of structured code as the host compiler lays it out; caches are perfect
-(DRAM bytes are the minimum any cache could achieve for that access set) and L1 is not modeled;
-blocks still run one after another, so inter-block races are found from the addresses, not
-observed; shared memory is filled with 0xFF bytes at each block start. Arrays start
-page-aligned, as device allocations are (256 bytes or more).
+not the same as, what NVCC emits: a value kept in a register is no access at all, and a struct
+may be copied field by field where NVCC would use one vector access); lowest-address-first is
+the reconvergence order of structured code as the host compiler lays it out, so where it places
+a loop's latch before a conditional block of the body, lanes that skip the block run into the
+next iteration early and split its requests (more requests and sectors than a GPU, never a
+request merged from two iterations); caches are perfect (DRAM bytes are the minimum any cache
+could achieve for that access set; a sector the launch wrote is not read from DRAM again) and
+L1 is not modeled; blocks still run one after another, so inter-block races are found from the
+addresses, not observed; shared memory is filled with 0xFF bytes at each block start. Arrays
+start page-aligned, as device allocations are (256 bytes or more). Accesses through library
+calls (``memcpy``) are not seen.
 
 Entry points: :func:`analyze` for any kernel in any ``.cu`` file; :func:`recording` to collect
 a report for every kernel that gpulayers launches on the simulator (``python -m gpulayers
@@ -76,7 +84,7 @@ _COUNTERS = ("load_requests", "load_sectors", "load_ideal_sectors", "store_reque
 
 class _ReportOut(ctypes.Structure):
     _fields_ = [(name, ctypes.c_ulonglong) for name in _COUNTERS] + [
-        ("hazards_stored", ctypes.c_int), ("global_hazards_checked", ctypes.c_int)]
+        ("shared_bytes", ctypes.c_ulonglong), ("hazards_stored", ctypes.c_int), ("global_hazards_checked", ctypes.c_int)]
 
 
 @dataclass
@@ -279,16 +287,24 @@ class AnalysisModule(SimModule):
 _analysis_lock = threading.Lock()
 
 
-def load(cu_path: Path, names: list[str]) -> AnalysisModule:
-    """The analysis build of ``cu_path`` with these kernels (cached like the normal build)."""
-    lib = build(Path(cu_path), list(names), paths.cache_folder(), analysis=True)
-    key = f"{lib}"
-    module = _libraries.get(key)
+_loaded: dict = {}  # (source path, its text's hash, kernel names) -> AnalysisModule
+
+
+def load(cu_path: Path, names: list[str], lockstep: bool = True) -> AnalysisModule:
+    """The analysis build of ``cu_path`` with these kernels (cached like the normal build; a
+    source edited since it was loaded is built again). ``lockstep=False``: without the
+    basic-block scheduling points, for hazard checks only (requests may split where lanes
+    diverge inside a loop; hazards do not depend on it)."""
+    cu_path = Path(cu_path)
+    key = (str(cu_path), hash(cu_path.read_bytes()), tuple(names), lockstep)
+    module = _loaded.get(key)
     if module is None:
         with _analysis_lock:
-            module = _libraries.get(key)
+            module = _loaded.get(key)
             if module is None:
-                module = _libraries[key] = AnalysisModule(lib, list(names), Path(cu_path).name)
+                lib = build(cu_path, list(names), paths.cache_folder(), analysis=True, lockstep=lockstep)
+                module = _libraries.get(str(lib)) or AnalysisModule(lib, list(names), cu_path.name)
+                _libraries[str(lib)] = _loaded[key] = module
     return module
 
 
@@ -374,8 +390,8 @@ def wanted() -> bool:
 
 def run(cu_path: Path, names: list[str], name: str, grid, block, args, shared_mem=0) -> Report:
     """Launch through the analysis build; record the report and fail on hazards as asked."""
-    report = load(cu_path, names).launch(name, grid, block, args, shared_mem)
     records = active()
+    report = load(cu_path, names, lockstep=records is not None).launch(name, grid, block, args, shared_mem)
     if records is not None:
         records.append(report)
     if hazards_fail() and (report.hazard_count or not report.global_hazards_checked):

@@ -104,3 +104,129 @@ extern "C" __global__ void wide_shared(const double* x, double* y) {
     __syncwarp();
     y[lane] = d[lane] + d[2 * (lane / 2) + 32];
 }
+
+// ---- more hazards and schedules (tests/test_analysis.py)
+
+// A scratch tile reused without a trailing barrier: the second round's write races with the
+// first round's reads by other warps (WAR); two warps writing one word without order (WAW).
+extern "C" __global__ void reuse_without_barrier(const float* x, float* y) {
+    __shared__ float tile[64];
+    tile[threadIdx.x] = x[threadIdx.x];
+    __syncthreads();
+    const float a = tile[63 - threadIdx.x];
+    tile[threadIdx.x] = a * 2.f;  // no __syncthreads() before overwriting what others still read
+    __syncthreads();
+    y[threadIdx.x] = tile[threadIdx.x];
+}
+
+extern "C" __global__ void two_warps_write_one_word(float* y) {
+    __shared__ float word;
+    if (threadIdx.x % 32 == 0) word = (float)threadIdx.x;  // lanes 0 of warps 0 and 1
+    __syncthreads();
+    y[threadIdx.x] = word;
+}
+
+// In place: x[i] = x[i + 1] reads what the next thread (or block) overwrites (WAR).
+extern "C" __global__ void shift_in_place(float* x, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i + 1 < n) x[i] = x[i + 1];
+}
+
+// Lane writes global memory, __syncwarp, its neighbour reads it: ordered, no hazard.
+extern "C" __global__ void global_exchange_syncwarp(float* y) {
+    y[threadIdx.x] = (float)threadIdx.x;
+    __syncwarp();
+    const float v = y[threadIdx.x ^ 1];
+    __syncwarp();
+    y[32 + threadIdx.x] = v;
+}
+
+// __syncwarp with two disjoint masks: lane 0 writes, syncs with lanes 0-15; lane 16 syncs with
+// lanes 16-31 and reads what lane 0 wrote: unordered (RAW).
+extern "C" __global__ void disjoint_syncwarp(float* y) {
+    __shared__ float buf[32];
+    const int lane = threadIdx.x;
+    buf[lane] = (float)lane;
+    __syncwarp(lane < 16 ? 0x0000ffffu : 0xffff0000u);
+    y[lane] = buf[lane ^ 16];
+}
+
+// A shuffle is not a memory fence: lane 1 reads what lane 0 wrote, ordered only by a shuffle.
+extern "C" __global__ void shuffle_is_not_a_fence(float* y) {
+    __shared__ float buf[32];
+    const int lane = threadIdx.x;
+    buf[lane] = (float)lane;
+    const float t = __shfl_sync(0xffffffffu, (float)lane, 0);
+    y[lane] = buf[lane ^ 1] + t;
+}
+
+// A plain write races with another thread's atomic when nothing orders them.
+extern "C" __global__ void init_then_atomic(unsigned* out) {
+    __shared__ unsigned count;
+    if (threadIdx.x == 0) count = 0;  // missing __syncthreads() before the atomics
+    atomicAdd(&count, 1u);
+    __syncthreads();
+    if (threadIdx.x == 0) out[0] = count;
+}
+
+// All 32 lanes add to one shared word: served one lane at a time.
+extern "C" __global__ void shared_atomic_one_word(unsigned* out) {
+    __shared__ unsigned count;
+    if (threadIdx.x == 0) count = 0;
+    __syncthreads();
+    atomicAdd(&count, 1u);
+    __syncthreads();
+    if (threadIdx.x == 0) out[0] = count;
+}
+
+// Writes its dynamic shared memory up to `upto` floats (the launch may give fewer bytes).
+extern "C" __global__ void dynamic_fill(float* y, int upto) {
+    extern __shared__ float dyn[];
+    if ((int)threadIdx.x < upto) dyn[threadIdx.x] = 1.f;
+    __syncthreads();
+    if ((int)threadIdx.x < upto) y[threadIdx.x] = dyn[threadIdx.x];
+}
+
+// Reads one element past the end of x.
+extern "C" __global__ void read_one_past(const float* x, float* y, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = x[i + 1];
+}
+
+// A load every iteration, a store only on odd lanes: lanes that skip the store wait for the
+// others at the join (the warp reconverges), so each iteration's load is one full request.
+extern "C" __global__ void branch_in_loop(const float* x, float* y) {
+    const int lane = threadIdx.x;
+    float sum = 0.f;
+    for (int k = 0; k < 4; ++k) {
+        sum += x[32 * k + lane];  // every lane, every iteration
+        if (lane & 1) y[32 * k + lane] = sum;
+    }
+}
+
+// Like ragged_loops, but every outer iteration reads its own rows: merging the iterations of
+// different lanes would change the sectors.
+extern "C" __global__ void ragged_loops_offset(const float* x, const int* counts, float* y) {
+    const int lane = threadIdx.x;
+    float s = 0.f;
+    for (int outer = 0; outer < 2; ++outer)
+        for (int j = 0; j < counts[lane]; ++j) s += x[128 * outer + lane + 32 * j];
+    y[lane] = s;
+}
+
+// Writes y, then reads it back: the reads are served by the (perfect) L2, not DRAM.
+extern "C" __global__ void write_then_read(float* y, float* z) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    y[i] = (float)i;
+    __syncthreads();
+    z[i] = y[i];
+}
+
+// 16-byte shared accesses (float4), contiguous across lanes: 4 phases of 8 lanes, conflict-free.
+extern "C" __global__ void float4_shared(const float* x, float* y) {
+    __shared__ __align__(16) float4 v[32];
+    const int lane = threadIdx.x;
+    v[lane] = reinterpret_cast<const float4*>(x)[lane];
+    __syncwarp();
+    reinterpret_cast<float4*>(y)[lane] = v[31 - lane];
+}

@@ -28,7 +28,7 @@
 // -fsanitize=thread: every memory access calls a hook. The runtime itself (GLSIM_RT) is not
 // instrumented; atomics report themselves as atomic accesses.
 #ifdef GLSIM_ANALYSIS
-#define GLSIM_RT __attribute__((no_sanitize("thread")))
+#define GLSIM_RT __attribute__((no_sanitize("thread"), no_sanitize_coverage))
 #define GLSIM_ATOMIC GLSIM_RT __attribute__((noinline))
 namespace glsim { void atomic_access(void* p, unsigned size, void* pc); }
 #define GLSIM_NOTE_ATOMIC(p) ::glsim::atomic_access((void*)(p), sizeof(*(p)), __builtin_return_address(0))
@@ -40,6 +40,12 @@ namespace glsim { void atomic_access(void* p, unsigned size, void* pc); }
 
 struct uint3 { unsigned int x, y, z; };
 struct dim3 { unsigned int x, y, z; };
+// CUDA's vector types (the built-in alignment, so that a copy is one wide access)
+struct __attribute__((aligned(8))) float2 { float x, y; };
+struct __attribute__((aligned(16))) float4 { float x, y, z, w; };
+struct __attribute__((aligned(16))) double2 { double x, y; };
+struct __attribute__((aligned(8))) int2 { int x, y; };
+struct __attribute__((aligned(16))) int4 { int x, y, z, w; };
 
 namespace glsim {
 extern uint3 thread_idx, block_idx;
@@ -47,7 +53,8 @@ extern dim3 block_dim, grid_dim;
 void syncthreads();
 // Warp collective: deposits `bits` for this lane, waits for every lane of `mask`; on return
 // warp_value(lane) is the value that lane deposited in the same collective.
-void warp_collective(unsigned mask, unsigned long long bits);
+// fence: a __syncwarp(), which orders the memory accesses of its lanes (shuffles and votes do not)
+void warp_collective(unsigned mask, unsigned long long bits, bool fence = false);
 unsigned long long warp_value(int lane);
 unsigned warp_group_mask();
 int lane_id();
@@ -77,7 +84,7 @@ template <typename T> inline T shuffle_from(unsigned mask, T v, int src) {
 #define warpSize 32
 
 inline void __syncthreads() { glsim::syncthreads(); }
-inline void __syncwarp(unsigned mask = 0xffffffffu) { glsim::warp_collective(mask, 0); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { glsim::warp_collective(mask, 0, true); }
 inline void __threadfence() {}
 inline void __threadfence_block() {}
 

@@ -8,14 +8,19 @@
 // parks the simulated thread in state WAIT_ACCESS and yields to the scheduler.
 //
 // Warp model: the scheduler (run_block in sim_runtime.h) first lets every runnable thread
-// run to its next access, barrier or warp collective. Then, in each warp, the lanes waiting
-// at an access with the lowest instruction address issue that instruction together: one
-// request. Lanes elsewhere are inactive for it and issue later. Lanes therefore advance in
-// lockstep, and a loop whose trip count differs between lanes runs its extra iterations with
-// the other lanes inactive: the k-th iteration of every lane is one request, in every
-// enclosing loop. (Lowest address first is the reconvergence order of structured code as
-// the host compiler lays it out; code it reorders may split a request in two, never merge
-// two.) Barriers and collectives are released only when no lane waits at an access.
+// run to its next access, barrier or warp collective (and, in the lockstep build, its next
+// basic block: -fsanitize-coverage=trace-pc). Then, in each warp, the lanes waiting at the
+// lowest instruction address issue that instruction together: one request. Lanes elsewhere are
+// inactive for it and issue later. Lanes thus advance in lockstep; a loop whose trip count
+// differs between lanes runs its extra iterations with the other lanes inactive, and lanes that
+// skip a conditional block wait at the block after it, which the host compiler normally places
+// at a higher address. Lowest address first is the reconvergence order of structured code as
+// the host compiler lays it out: where it places a loop's latch before a conditional block of
+// the loop body, lanes that skip the block run into the next iteration early and that
+// iteration's requests split in two (more requests and sectors than a GPU issues, never a
+// request merged from two iterations). Barriers and collectives are released only when no lane
+// waits at an access. The hazard-only build (checking()) has no basic-block points: hazards do
+// not depend on how requests are grouped.
 //
 // Per request (Nsight Compute's definitions): global loads, stores and atomics count their
 // 32-byte sectors and the ideal (the fewest sectors that could hold the bytes the active
@@ -43,6 +48,8 @@
 #include <vector>
 
 extern "C" void* __tls_get_addr(void*);
+// Generated with each library (simulator/__init__.py): the extern __shared__ arrays' addresses.
+extern "C" int glsim_dynamic_shared(void** out, int max);
 
 namespace glsim {
 namespace analysis {
@@ -66,36 +73,34 @@ struct ReportOut {
     unsigned long long dram_read_bytes, dram_write_bytes;
     unsigned long long shared_requests, shared_wavefronts, shared_ideal_wavefronts;
     unsigned long long hazard_count;  // accesses with a hazard (each lane's access counts once)
+    unsigned long long shared_bytes;  // dynamic shared memory the launch gave
     int hazards_stored;               // distinct (kind, space, instruction pair), at most kMaxHazards
     int global_hazards_checked;       // 0 when the arrays were too large to shadow
 };
 
 const int kMaxHazards = 256;
-const size_t kMaxShadowBytes = 32u << 20;  // global hazard shadows are kept up to this many array bytes
+const size_t kMaxShadowBytes = 6u << 20;  // global hazard shadows are kept up to this many array bytes
 
 struct Rec {  // one access, for ordering checks
     unsigned block = 0;
-    int tid = -1;  // -1: none
-    unsigned epoch = 0;
-    unsigned long long sync = 0;
+    int tid = -1;              // -1: none
+    unsigned epoch = 0;        // barriers its block had passed
+    unsigned long long sync = 0;  // __syncwarp releases its warp had seen
     uint32_t pc = 0;
 };
-struct GlobalCell {
-    unsigned w_block, r_block;
-    uint32_t w_pc, r_pc;
-    unsigned w_epoch;
-    uint16_t w_tid;
-    unsigned char w_set, r_state;  // r_state: 0 none, 1 one block, 2 several blocks
-};
-struct SharedCell {
-    Rec w, r1, r2;
-    unsigned char init;
+struct Cell {  // per byte of shared memory, and of a global array
+    Rec w, r1, r2;        // last write; a reader, and a reader from another warp or block than r1
+    unsigned char w_atomic, init;
 };
 struct Array {
     uintptr_t lo, hi, map_lo, map_hi;
     int arg;
-    std::vector<unsigned char> sectors;  // bit 0 read, bit 1 written
-    std::vector<GlobalCell> cells;
+    std::vector<unsigned char> sectors;  // bit 0 read from DRAM, bit 1 written
+    std::vector<Cell> cells;
+};
+struct Release {  // a __syncwarp: its id in the warp, and the lanes it ordered
+    unsigned long long id;
+    unsigned lanes;
 };
 
 struct State {
@@ -109,10 +114,13 @@ struct State {
     std::vector<Array> arrays;
     int last_array = 0;
     uintptr_t sh_lo = 0, sh_hi = 0;
-    std::vector<SharedCell> shared;
+    std::vector<Cell> shared;
+    std::vector<uint32_t> shared_touched;  // offsets whose cells this block changed
+    std::vector<std::pair<uintptr_t, uintptr_t>> dynamic;  // [usable end, declared end) of extern __shared__ arrays
     bool track_global = false;
     unsigned nthreads = 0, block_linear = 0, epoch = 0;
-    unsigned long long warp_collectives[32];
+    unsigned long long warp_syncs[32];
+    std::vector<Release> releases[32];
     uintptr_t module_base = 0;
 };
 static State A;
@@ -198,28 +206,44 @@ GLSIM_RT static Array* find_array(uintptr_t a) {
     return nullptr;
 }
 
-// Called by the hooks on every instrumented access.
+GLSIM_RT static void out_of_bounds(const char* what) {
+    if (!A.error.empty()) return;
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "%s in block (%u,%u,%u) thread (%u,%u,%u)", what, block_idx.x, block_idx.y,
+                  block_idx.z, R.cur->idx.x, R.cur->idx.y, R.cur->idx.z);
+    A.error = buf;
+}
+
+// Called by the hooks on every instrumented access; size 0: a basic block entry (a scheduling
+// point only, so that lanes which skip a branch wait at the join, as a warp reconverges).
 GLSIM_RT static void on_access(void* p, unsigned size, bool write, bool atomic, void* pc) {
-    if (!A.active || !R.in_fiber || A.in_hook || size == 0) return;
+    if (!A.active || !R.in_fiber || A.in_hook) return;
+    A.in_hook = true;  // the library code used below is instrumented too
     const uintptr_t a = (uintptr_t)p;
-    if (!(a >= A.sh_lo && a < A.sh_hi)) {
-        A.in_hook = true;
+    bool tracked = size == 0;
+    if (size && a >= A.sh_lo && a < A.sh_hi) {
+        tracked = true;
+        for (const auto& d : A.dynamic)
+            if (a + size > d.first && a < d.second) {
+                char buf[160];
+                std::snprintf(buf, sizeof buf, "dynamic shared memory %s past the %llu bytes the launch gave",
+                              write ? "write" : "read", (unsigned long long)A.report.shared_bytes);
+                out_of_bounds(buf);
+            }
+    } else if (size) {
         Array* arr = find_array(a);
-        A.in_hook = false;
-        if (!arr) return;  // the thread's stack, or the runtime's own data
-        if ((a < arr->lo || a + size > arr->hi) && A.error.empty()) {
-            char buf[256];
-            std::snprintf(buf, sizeof buf,
-                          "out-of-bounds global memory %s in block (%u,%u,%u) thread (%u,%u,%u): argument %d "
-                          "(%zu bytes) accessed at byte offset %ld",
-                          write ? "write" : "read", block_idx.x, block_idx.y, block_idx.z, R.cur->idx.x,
-                          R.cur->idx.y, R.cur->idx.z, arr->arg, (size_t)(arr->hi - arr->lo), (long)(a - arr->lo));
-            A.in_hook = true;
-            A.error = buf;
-            A.in_hook = false;
+        if (arr && (a < arr->lo || a + size > arr->hi)) {
+            char buf[200];
+            std::snprintf(buf, sizeof buf, "out-of-bounds global memory %s: argument %d (%zu bytes) accessed at byte "
+                          "offset %ld", write ? "write" : "read", arr->arg, (size_t)(arr->hi - arr->lo),
+                          (long)(a - arr->lo));
+            out_of_bounds(buf);
+            arr = nullptr;
         }
-        if (a < arr->lo || a + size > arr->hi) return;
+        tracked = arr != nullptr;  // else the thread's stack, the runtime's own data, or out of bounds
     }
+    A.in_hook = false;
+    if (!tracked) return;
     Fiber* f = R.cur;
     f->access.addr = a;
     f->access.pc = (uintptr_t)pc;
@@ -229,10 +253,19 @@ GLSIM_RT static void on_access(void* p, unsigned size, bool write, bool atomic, 
     yield_as(WAIT_ACCESS);
 }
 
+// Is `first` (an earlier access) ordered before an access by thread tid of the running block?
+// Different blocks: never. Same block: a __syncthreads() between them, or (same warp) a
+// __syncwarp() both lanes took part in.
 GLSIM_RT static bool ordered(const Rec& first, int tid) {
-    if (first.tid < 0 || first.tid == tid || first.epoch < A.epoch) return true;
+    if (first.tid < 0) return true;
+    if (first.block != A.block_linear) return false;
+    if (first.tid == tid || first.epoch < A.epoch) return true;
     if (first.tid / 32 != tid / 32) return false;
-    return R.fibers[first.tid]->last_collective > first.sync && R.fibers[tid]->last_collective > first.sync;
+    const unsigned both = (1u << (first.tid % 32)) | (1u << (tid % 32));
+    const std::vector<Release>& rel = A.releases[tid / 32];
+    for (size_t i = rel.size(); i-- > 0 && rel[i].id > first.sync;)
+        if ((rel[i].lanes & both) == both) return true;
+    return false;
 }
 
 GLSIM_RT static Rec current(Fiber* f) {
@@ -240,71 +273,58 @@ GLSIM_RT static Rec current(Fiber* f) {
     r.block = A.block_linear;
     r.tid = (int)f->tid;
     r.epoch = A.epoch;
-    r.sync = A.warp_collectives[f->tid / 32];
+    r.sync = A.warp_syncs[f->tid / 32];
     r.pc = (uint32_t)(f->access.pc - A.module_base);
     return r;
 }
 
+GLSIM_RT static bool same_group(const Rec& a, const Rec& b) {  // the same block and warp
+    return a.block == b.block && a.tid / 32 == b.tid / 32;
+}
+
+// One byte: checks the access `me` against what the cell remembers, then records it.
+// Plain accesses race with any unordered access of another thread that writes; atomics race
+// only with plain accesses. `shared`: also report reads of never-written bytes.
+GLSIM_RT static void check_cell(Cell& c, const Rec& me, bool write, bool atomic, int space, int arg, long long off) {
+    if (space == SHARED && !c.init && !write && !atomic) {
+        Rec none;
+        hazard(UNINIT, SHARED, none, me, -1, off);
+    }
+    if (write || atomic) {
+        if (c.w.tid >= 0 && !(atomic && c.w_atomic) && !ordered(c.w, me.tid)) hazard(WAW, space, c.w, me, arg, off);
+        if (c.r1.tid >= 0 && !ordered(c.r1, me.tid)) hazard(WAR, space, c.r1, me, arg, off);
+        else if (c.r2.tid >= 0 && !ordered(c.r2, me.tid)) hazard(WAR, space, c.r2, me, arg, off);
+        c.w = me;
+        c.w_atomic = atomic;
+        c.r1.tid = c.r2.tid = -1;
+        c.init = 1;
+    } else {
+        if (c.w.tid >= 0 && !ordered(c.w, me.tid)) hazard(RAW, space, c.w, me, arg, off);
+        if (c.r1.tid < 0 || c.r1.tid == me.tid && c.r1.block == me.block) c.r1 = me;
+        else if (!same_group(c.r1, me)) c.r2 = me;  // keep one reader of another warp or block
+        c.init = 1;  // report an uninitialised byte once
+    }
+}
+
 GLSIM_RT static void shared_hazards(Fiber* f) {
     const Rec me = current(f);
-    const bool write = f->access.write && !f->access.atomic;
     A.access_reported = false;
     for (unsigned k = 0; k < f->access.size; ++k) {
-        const long long off = (long long)(f->access.addr + k - A.sh_lo);
-        SharedCell& c = A.shared[off];
-        if (f->access.atomic) {
-            c.init = 1;
-            continue;
-        }
-        if (write) {
-            if (c.w.tid >= 0 && !ordered(c.w, me.tid)) hazard(WAW, SHARED, c.w, me, -1, off);
-            if (c.r1.tid >= 0 && c.r1.epoch == A.epoch && !ordered(c.r1, me.tid)) hazard(WAR, SHARED, c.r1, me, -1, off);
-            else if (c.r2.tid >= 0 && c.r2.epoch == A.epoch && !ordered(c.r2, me.tid)) hazard(WAR, SHARED, c.r2, me, -1, off);
-            c.w = me;
-            c.r1.tid = c.r2.tid = -1;
-            c.init = 1;
-        } else {
-            if (!c.init) {
-                Rec none;
-                hazard(UNINIT, SHARED, none, me, -1, off);
-                c.init = 1;  // report each byte once
-            }
-            if (c.w.tid >= 0 && !ordered(c.w, me.tid)) hazard(RAW, SHARED, c.w, me, -1, off);
-            if (c.r1.tid < 0 || c.r1.epoch != A.epoch || c.r1.tid == me.tid) c.r1 = me;
-            else if (c.r2.tid < 0 || c.r2.epoch != A.epoch || c.r2.tid == me.tid) c.r2 = me;
-        }
+        const uint32_t off = (uint32_t)(f->access.addr + k - A.sh_lo);
+        Cell& c = A.shared[off];
+        if (c.w.tid < 0 && c.r1.tid < 0 && !c.init) A.shared_touched.push_back(off);
+        check_cell(c, me, f->access.write, f->access.atomic, SHARED, -1, off);
     }
 }
 
 GLSIM_RT static void global_hazards(Fiber* f, Array* arr) {
-    if (f->access.atomic || arr->cells.empty()) return;
+    if (arr->cells.empty()) return;
     const Rec me = current(f);
-    const bool write = f->access.write;
     const uintptr_t base = f->access.addr - arr->lo;
     A.access_reported = false;
-    for (unsigned k = 0; k < f->access.size; ++k) {
-        GlobalCell& c = arr->cells[base + k];
-        Rec other;
-        if (write) {
-            if (c.w_set && !(c.w_block == me.block && c.w_tid == me.tid) &&
-                (c.w_block != me.block || c.w_epoch == me.epoch)) {
-                other.block = c.w_block; other.tid = c.w_tid; other.pc = c.w_pc;
-                hazard(WAW, GLOBAL, other, me, arr->arg, (long long)(base + k));
-            }
-            if (c.r_state == 2 || (c.r_state == 1 && c.r_block != me.block)) {
-                other.block = c.r_block; other.tid = 0; other.pc = c.r_pc;
-                hazard(WAR, GLOBAL, other, me, arr->arg, (long long)(base + k));
-            }
-            c.w_set = 1; c.w_block = me.block; c.w_tid = (uint16_t)me.tid; c.w_epoch = me.epoch; c.w_pc = me.pc;
-        } else {
-            if (c.w_set && (c.w_block != me.block || (c.w_tid != me.tid && c.w_epoch == me.epoch))) {
-                other.block = c.w_block; other.tid = c.w_tid; other.pc = c.w_pc;
-                hazard(RAW, GLOBAL, other, me, arr->arg, (long long)(base + k));
-            }
-            if (c.r_state == 0) { c.r_state = 1; c.r_block = me.block; c.r_pc = me.pc; }
-            else if (c.r_block != me.block) c.r_state = 2;
-        }
-    }
+    for (unsigned k = 0; k < f->access.size; ++k)
+        check_cell(arr->cells[base + k], me, f->access.write, f->access.atomic, GLOBAL, arr->arg,
+                   (long long)(base + k));
 }
 
 // Distinct 32-byte sectors touched, and the fewest sectors that could hold the bytes asked for.
@@ -351,12 +371,23 @@ GLSIM_RT static void wavefronts(Fiber** lanes, int n, unsigned long long& actual
         unsigned per_bank[32] = {0};
         unsigned most = 0;
         for (uintptr_t w : words) most = std::max(most, ++per_bank[w % 32]);
+        if (lanes[0]->access.atomic) {  // atomics on one word are served one lane at a time
+            std::vector<uintptr_t> all;
+            for (int i = 0; i < n; ++i)
+                if ((int)(lanes[i]->tid % 32) / per_phase == phase) all.push_back((lanes[i]->access.addr - A.sh_lo) >> 2);
+            std::sort(all.begin(), all.end());
+            for (size_t i = 0, j = 0; i < all.size(); i = j) {
+                while (j < all.size() && all[j] == all[i]) ++j;
+                most = std::max(most, (unsigned)(j - i));
+            }
+        }
         actual += most;
         ideal += (words.size() + 31) / 32;
     }
 }
 
 GLSIM_RT static void issue(Fiber** lanes, int n) {
+    if (lanes[0]->access.size == 0) return;  // a basic block entry: the lanes just move on together
     // One instruction may touch both spaces through a generic pointer: split it.
     Fiber* shared[32];
     Fiber* global[32];
@@ -383,8 +414,13 @@ GLSIM_RT static void issue(Fiber** lanes, int n) {
             Fiber* f = global[i];
             Array* arr = find_array(f->access.addr);
             const uintptr_t a = f->access.addr - arr->lo, e = a + f->access.size;
-            const unsigned char bits = atomic ? 3 : (f->access.write ? 2 : 1);
-            for (uintptr_t s = a >> 5; s <= (e - 1) >> 5; ++s) arr->sectors[s] |= bits;
+            // bit 0: read from DRAM (a read before any write of the launch: a perfect L2 serves
+            // reads of sectors this launch wrote); bit 1: written
+            for (uintptr_t s = a >> 5; s <= (e - 1) >> 5; ++s) {
+                unsigned char& flags = arr->sectors[s];
+                if ((atomic || !f->access.write) && !(flags & 2)) flags |= 1;
+                if (atomic || f->access.write) flags |= 2;
+            }
             if (A.track_global) global_hazards(f, arr);
         }
     }
@@ -419,22 +455,37 @@ GLSIM_RT static bool issue_accesses(unsigned nthreads) {
 
 GLSIM_RT static void barrier_released() { A.epoch++; }
 
+// A released warp collective: each __syncwarp() group (lanes with the same mask) orders the
+// memory accesses of its lanes; shuffles and votes order nothing.
 GLSIM_RT static void collective_released(unsigned warp, unsigned lanes) {
-    const unsigned long long id = ++A.warp_collectives[warp];
-    for (unsigned l = 0; l < 32; ++l)
-        if ((lanes >> l) & 1u) R.fibers[warp * 32 + l]->last_collective = id;
+    unsigned done = 0;
+    for (unsigned l = 0; l < 32; ++l) {
+        if (!((lanes >> l) & 1u) || ((done >> l) & 1u)) continue;
+        Fiber* f = R.fibers[warp * 32 + l];
+        const unsigned group = f->mask & lanes;
+        done |= group | (1u << l);
+        if (!f->fence) continue;
+        A.releases[warp].push_back(Release{++A.warp_syncs[warp], group});
+    }
 }
 
-GLSIM_RT static void launch_begin(unsigned nthreads) {
+GLSIM_RT static void launch_begin(unsigned nthreads, unsigned long long shared_bytes) {
     A.active = true;
     A.error.clear();
     std::memset(&A.report, 0, sizeof A.report);
+    A.report.shared_bytes = shared_bytes;
     A.hazards.clear();
     A.hazard_index.clear();
     A.module_base = module_base();
     A.nthreads = nthreads;
     locate_shared();
-    A.shared.assign(A.sh_hi - A.sh_lo, SharedCell());
+    A.shared.assign(A.sh_hi - A.sh_lo, Cell());
+    A.shared_touched.clear();
+    A.dynamic.clear();
+    void* dyn[16];
+    const int ndyn = glsim_dynamic_shared(dyn, 16);
+    for (int i = 0; i < ndyn; ++i)
+        A.dynamic.push_back({(uintptr_t)dyn[i] + shared_bytes, (uintptr_t)dyn[i] + kMaxDynamicShared});
     A.arrays.clear();
     A.last_array = 0;
     size_t total = 0;
@@ -449,7 +500,7 @@ GLSIM_RT static void launch_begin(unsigned nthreads) {
         arr.map_hi = arr.map_lo + g.mapped;
         arr.arg = g.arg;
         arr.sectors.assign((g.nbytes + 31) / 32 + 1, 0);
-        if (A.track_global) arr.cells.assign(g.nbytes, GlobalCell());
+        if (A.track_global) arr.cells.assign(g.nbytes, Cell());
         A.arrays.push_back(std::move(arr));
     }
 }
@@ -457,11 +508,12 @@ GLSIM_RT static void launch_begin(unsigned nthreads) {
 GLSIM_RT static void block_begin() {
     A.block_linear = block_idx.x + grid_dim.x * (block_idx.y + grid_dim.y * block_idx.z);
     A.epoch = 0;
-    std::memset(A.warp_collectives, 0, sizeof A.warp_collectives);
-    for (Fiber* f : R.fibers) f->last_collective = 0;
+    std::memset(A.warp_syncs, 0, sizeof A.warp_syncs);
+    for (auto& r : A.releases) r.clear();
     if (A.sh_hi > A.sh_lo) {
         std::memset((void*)A.sh_lo, 0xFF, A.sh_hi - A.sh_lo);  // uninitialised shared memory is garbage
-        std::fill(A.shared.begin(), A.shared.end(), SharedCell());
+        for (uint32_t off : A.shared_touched) A.shared[off] = Cell();
+        A.shared_touched.clear();
     }
 }
 
@@ -545,6 +597,10 @@ GLSIM_RT void __tsan_func_entry(void*) {}
 GLSIM_RT void __tsan_func_exit() {}
 GLSIM_RT void __tsan_vptr_update(void**, void*) {}
 GLSIM_RT void __tsan_vptr_read(void**) {}
+// -fsanitize-coverage=trace-pc: every basic block entry is a scheduling point (size 0).
+GLSIM_RT void __sanitizer_cov_trace_pc() {
+    glsim::analysis::on_access(nullptr, 0, false, false, __builtin_return_address(0));
+}
 GLSIM_RT void __tsan_read_range(void* p, unsigned long n) {
     glsim::analysis::on_access(p, (unsigned)n, false, false, __builtin_return_address(0));
 }

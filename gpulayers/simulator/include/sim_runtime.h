@@ -48,6 +48,7 @@ struct Fiber {
     uint3 idx{0, 0, 0};
     unsigned mask = 0;             // mask of the pending warp collective
     unsigned long long deposit = 0;  // this lane's value in it
+    bool fence = false;            // the pending collective is a __syncwarp()
     unsigned group = 0;            // lanes released together in the last collective
     int barriers = 0;              // __syncthreads() calls so far
 #ifdef GLSIM_ANALYSIS
@@ -140,9 +141,10 @@ GLSIM_RT void syncthreads() {
     yield_as(WAIT_BARRIER);
 }
 
-GLSIM_RT void warp_collective(unsigned mask, unsigned long long bits) {
+GLSIM_RT void warp_collective(unsigned mask, unsigned long long bits, bool fence) {
     Fiber* f = R.cur;
     f->mask = mask;
+    f->fence = fence;
     f->deposit = bits;
     yield_as(WAIT_WARP);
 }
@@ -409,7 +411,7 @@ GLSIM_RT static int launch(void (*body)(void*), void* ctx, const unsigned* grid,
 #endif
     guard_arrays(args, narrays, arg_index, nbytes, guard_at_start);
 #ifdef GLSIM_ANALYSIS
-    analysis::launch_begin((unsigned)nthreads);
+    analysis::launch_begin((unsigned)nthreads, shared_bytes);
 #endif
     if (sigsetjmp(R.fault_env, 1) == 0) {
         for (unsigned bz = 0; bz < grid[2] && message.empty(); ++bz)
