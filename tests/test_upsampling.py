@@ -176,3 +176,91 @@ def test_bad_inputs_and_gradients():
 def test_output_shapes():
     assert gl.UpSampling2D(size=(2, 3), data_format="channels_first").compute_output_shape((1, 4, 5, 6)) == (1, 4, 10, 18)
     assert gl.UpSampling3D(size=(1, 2, 3)).compute_output_shape((1, 4, 5, 6, 2)) == (1, 4, 10, 18, 2)
+
+
+# ------------------------------------------------------------- NaN and inf: only the footprint
+
+def footprint(n, s):
+    """For each output along an axis, the set of inputs it reads with a non-zero weight
+    (half-pixel centres, clamped taps), from the formula in exact rational arithmetic."""
+    from fractions import Fraction
+
+    taps = []
+    for o in range(n * s):
+        src = Fraction(2 * o + 1, 2 * s) - Fraction(1, 2)
+        fl = src.numerator // src.denominator
+        frac = src - fl
+        read = {min(max(fl, 0), n - 1)}
+        if frac:
+            read.add(min(max(fl + 1, 0), n - 1))
+        taps.append(read)
+    return taps
+
+
+def _nonfinite_cases(factors):
+    for size in factors:
+        for spatial in [(4, 5), (1, 5), (3, 1), (1, 1)]:
+            yield size, spatial
+
+
+def _check_locality(run, size, spatial, data_format, value):
+    """Puts ``value`` at each input position in turn; the non-finite outputs must be exactly
+    those whose footprint holds it, with the value the weights imply."""
+    h, w = spatial
+    fh, fw = footprint(h, size[0]), footprint(w, size[1])
+    base = np.random.default_rng(2).uniform(1, 2, (1, h, w, 2)).astype(np.float32)
+    for i, j in itertools.product(range(h), range(w)):
+        x = base.copy()
+        x[0, i, j, 1] = value
+        xin = np.moveaxis(x, -1, 1).copy() if data_format == "channels_first" else x
+        y = run(xin)
+        y = np.moveaxis(y, 1, -1) if data_format == "channels_first" else y
+        hit = np.array([[i in fh[oh] and j in fw[ow] for ow in range(w * size[1])] for oh in range(h * size[0])])
+        assert np.isfinite(y[0, :, :, 0]).all()
+        expected = np.where(hit, value, 1.5)  # 1.5: any finite value
+        got = np.where(np.isfinite(y[0, :, :, 1]), 1.5, y[0, :, :, 1])
+        np.testing.assert_array_equal(got, expected, err_msg=f"{value} at {(i, j)}")
+
+
+EVEN = [(2, 2), (2, 4)]
+ODD = [(3, 2), (1, 2), (2, 5)]  # an odd factor puts outputs exactly on an input: its other tap has weight 0
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("size,spatial", list(_nonfinite_cases(EVEN + ODD)))
+def test_bilinear_reference_nonfinite_reaches_only_its_footprint(size, spatial, data_format, value):
+    _check_locality(lambda a: upsampling.upsample_bilinear(a, size, data_format), size, spatial, data_format, value)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("size,spatial", list(_nonfinite_cases(EVEN)))
+def test_bilinear_kernel_nonfinite_reaches_only_its_footprint(kernel_path, size, spatial, data_format, value):
+    layer = gl.UpSampling2D(size, data_format=data_format, interpolation="bilinear")
+    _check_locality(lambda a: kernel_path(layer, a), size, spatial, data_format, value)
+
+
+@pytest.mark.xfail(strict=True, reason="kernel reads the zero-weight tap i1 when frac == 0 (odd factors): "
+                                       "inf * 0 and NaN * 0 give NaN outside the footprint")
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize("size,spatial", [((3, 2), (4, 5)), ((1, 2), (3, 1)), ((2, 5), (1, 3))])
+def test_bilinear_kernel_odd_factor_skips_zero_weight_taps(kernel_path, size, spatial, value):
+    layer = gl.UpSampling2D(size, interpolation="bilinear")
+    _check_locality(lambda a: kernel_path(layer, a), size, spatial, "channels_last", value)
+
+
+@pytest.mark.parametrize("size", EVEN + ODD)
+def test_bilinear_backward_nonfinite_gradient_reaches_only_the_inputs_read(kernel_path, size):
+    x = np.ones((1, 3, 1, 2), np.float32)  # a size-1 axis too
+    oh, ow = 3 * size[0], size[1]
+    fh, fw = footprint(3, size[0]), footprint(1, size[1])
+    for a, b in itertools.product(range(oh), range(ow)):
+        dy = np.ones((1, oh, ow, 2), np.float32)
+        dy[0, a, b, 0] = np.inf
+        expected = np.array([[i in fh[a] and j in fw[b] for j in range(1)] for i in range(3)])
+        layer = gl.UpSampling2D(size, interpolation="bilinear")
+        on_kernels = kernel_path(lambda a, d: (layer(a), layer.backward(d))[1], x, dy)
+        for dx in (upsampling.upsample_bilinear_backward(dy, size, "channels_last"), on_kernels):
+            np.testing.assert_array_equal(np.isposinf(dx[0, :, :, 0]), expected)
+            assert np.isfinite(dx[0, :, :, 1]).all() and not np.isnan(dx).any()

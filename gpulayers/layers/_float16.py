@@ -50,3 +50,15 @@ def to_float16(f):
     sign &= 0x8000
     out |= sign
     return out.astype(np.uint16).view(np.float16)
+
+
+def widen(a):
+    """a in the type the NumPy reference computes in: float16 -> float32, others as they are."""
+    return to_float32(a) if a.dtype == np.float16 else a
+
+
+def narrow(a, dtype):
+    """a (computed in float32/float64) as dtype; float16 through the exact fast conversion."""
+    if np.dtype(dtype) == np.float16 and a.dtype == np.float32:
+        return to_float16(a)
+    return a.astype(dtype, copy=False)

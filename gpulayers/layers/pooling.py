@@ -18,7 +18,8 @@ import functools
 import numpy as np
 
 from .. import kernels, validation
-from ._float16 import to_float16, to_float32
+from ._float16 import narrow as _cast
+from ._float16 import widen as _work
 from .base import Layer
 
 SOURCE = "pooling.cu"
@@ -105,16 +106,6 @@ def _real_counts(ndim, axes, in_sizes, out, pool_size, strides, pad_before, dtyp
         shape[axis] = o
         count = count * along.reshape(shape)
     return count
-
-
-def _work(a):
-    """The array in the type the reference computes in: float16 -> float32, others as they are."""
-    return to_float32(a) if a.dtype == np.float16 else a
-
-
-def _cast(a, dtype):
-    """a (the computing type) as dtype; float16 through the exact fast conversion."""
-    return to_float16(a) if dtype == np.float16 and a.dtype == np.float32 else a.astype(dtype, copy=False)
 
 
 def _half_keys(h):

@@ -1,7 +1,7 @@
 """Upsampling ("deconvolution" family): UpSampling1D/2D/3D, nearest and bilinear (2-D).
 
 - NumPy reference (``upsample_nearest`` ... ``upsample_bilinear_backward``): vectorised;
-  bilinear is separable, one interpolation matrix per axis.
+  bilinear is separable, two gathered taps per output along each axis.
 - Kernel path (``*_kernel``): ``cuda/upsampling.cu`` on the GPU or the simulator.
 - Keras 3 layer classes.
 
@@ -15,6 +15,7 @@ import functools
 import numpy as np
 
 from .. import kernels, validation
+from ._float16 import narrow, widen
 from .base import Layer
 
 SOURCE = "upsampling.cu"
@@ -27,10 +28,6 @@ kernels.declare(SOURCE, [
     for cl, vecs in (("true", "1 2 4 8"), ("false", "1")) for vec in vecs.split()
 ] + [f"{name}<{{T}}, {cl}>" for name in ("upsample_bilinear_forward", "upsample_bilinear_backward")
      for cl in ("true", "false")])
-
-
-def _acc_dtype(dtype):
-    return np.float64 if dtype == np.float64 else np.float32
 
 
 def _spatial_axes(ndim, data_format):
@@ -46,14 +43,27 @@ def upsample_nearest(x, size, data_format="channels_last"):
     return x
 
 
+def _offsets(ndim, axes, size):
+    """Per position inside a repeated block (row-major): the slices of the outputs there."""
+    for cell in np.ndindex(*size):
+        index = [slice(None)] * ndim
+        for axis, c, s in zip(axes, cell, size):
+            index[axis] = slice(c, None, s)
+        yield tuple(index)
+
+
 def upsample_nearest_backward(dy, size, data_format="channels_last"):
-    """d(loss)/dx of nearest upsampling: the sum of each repeated block."""
-    acc = _acc_dtype(dy.dtype)
-    g = dy.astype(acc)
-    for axis, s in zip(_spatial_axes(dy.ndim, data_format), size):
-        shape = g.shape
-        g = g.reshape(shape[:axis] + (shape[axis] // s, s) + shape[axis + 1:]).sum(axis=axis + 1)
-    return g.astype(dy.dtype)
+    """d(loss)/dx of nearest upsampling: the sum of each repeated block (float32 sums for float16).
+
+    One whole-array add per position inside the block, in row-major block order.
+    """
+    axes = _spatial_axes(dy.ndim, data_format)
+    g = widen(dy)
+    offsets = _offsets(dy.ndim, axes, size)
+    dx = g[next(offsets)].copy()
+    for index in offsets:
+        dx += g[index]
+    return narrow(dx, dy.dtype)
 
 
 def bilinear_matrix(n, s, dtype=np.float64):
@@ -62,12 +72,7 @@ def bilinear_matrix(n, s, dtype=np.float64):
     Computed in ``dtype`` with the kernels' operation order, so float32 weights are the
     kernels' float32 weights.
     """
-    o = np.arange(n * s, dtype=dtype)
-    src = (o + dtype(0.5)) / dtype(s) - dtype(0.5)
-    fl = np.floor(src)
-    frac = src - fl
-    i0 = np.clip(fl.astype(np.int64), 0, n - 1)
-    i1 = np.clip(fl.astype(np.int64) + 1, 0, n - 1)
+    i0, i1, frac = bilinear_taps(n, s, dtype)
     m = np.zeros((n * s, n), dtype)
     rows = np.arange(n * s)
     np.add.at(m, (rows, i0), dtype(1) - frac)
@@ -75,26 +80,88 @@ def bilinear_matrix(n, s, dtype=np.float64):
     return m
 
 
+def bilinear_taps(n, s, dtype=np.float64):
+    """(i0, i1, frac) of each output along an axis of input size n and factor s: the output
+    reads input i0 with weight 1 - frac and i1 with weight frac (src = (o + 0.5) / s - 0.5,
+    i0 = floor(src), i1 = i0 + 1, both clamped into [0, n - 1]), computed in ``dtype`` with
+    the kernels' operation order."""
+    dtype = np.dtype(dtype).type
+    o = np.arange(n * s, dtype=dtype)
+    src = (o + dtype(0.5)) / dtype(s) - dtype(0.5)
+    fl = np.floor(src)
+    frac = src - fl
+    i0 = np.clip(fl.astype(np.int64), 0, n - 1)
+    i1 = np.clip(fl.astype(np.int64) + 1, 0, n - 1)
+    return i0, i1, frac
+
+
+def _along(a, axis, index):
+    full = [slice(None)] * a.ndim
+    full[axis] = index
+    return tuple(full)
+
+
+def _interpolate(v, axis, s):
+    """Linear interpolation of v along one axis by factor s; a tap of weight 0 is not read."""
+    i0, i1, frac = bilinear_taps(v.shape[axis], s, v.dtype)
+    shape = [1] * v.ndim
+    shape[axis] = -1
+    out = np.take(v, i0, axis=axis)
+    out *= (1 - frac).reshape(shape)
+    second = np.take(v, i1, axis=axis)
+    with np.errstate(invalid="ignore"):  # inf * 0 at a weight-0 tap: replaced below
+        second *= frac.reshape(shape)
+    out += second
+    exact = np.flatnonzero(frac == 0)  # outputs sitting exactly on input i0: only i0 is read
+    if exact.size:
+        out[_along(out, axis, exact)] = np.take(v, i0[exact], axis=axis)
+    return out
+
+
+def _interpolate_transposed(g, axis, s):
+    """The transpose of :func:`_interpolate`: gradient of v from the gradient g of its output."""
+    n = g.shape[axis] // s
+    i0, i1, frac = bilinear_taps(n, s, g.dtype)
+    shape = [1] * g.ndim
+    shape[axis] = -1
+    first = g * (1 - frac).reshape(shape)
+    with np.errstate(invalid="ignore"):  # inf * 0 at a weight-0 tap: replaced below
+        second = g * frac.reshape(shape)
+    exact = np.flatnonzero(frac == 0)
+    if exact.size:  # weight 0: the output does not read i1 (and a non-finite g must not reach it)
+        second[_along(second, axis, exact)] = 0
+    return _segment_sums(first, i0, n, axis) + _segment_sums(second, i1, n, axis)
+
+
+def _segment_sums(p, index, n, axis):
+    """r[..., i, ...] = sum of p[..., o, ...] over o with index[o] == i (index sorted, ending at n - 1)."""
+    positions = np.arange(n)
+    starts = np.searchsorted(index, positions, "left")
+    r = np.add.reduceat(p, np.minimum(starts, len(index) - 1), axis=axis)
+    empty = np.flatnonzero(starts == np.searchsorted(index, positions, "right"))
+    if empty.size:
+        r[_along(r, axis, empty)] = 0
+    return r
+
+
 def upsample_bilinear(x, size, data_format="channels_last"):
-    """Bilinear upsampling of a 4-D input by integer factors (size_h, size_w)."""
-    acc = _acc_dtype(x.dtype)
-    xcl = np.moveaxis(x, 1, -1) if data_format == "channels_first" else x
-    mh = bilinear_matrix(xcl.shape[1], size[0], acc)
-    mw = bilinear_matrix(xcl.shape[2], size[1], acc)
-    y = np.einsum("oh,nhwc,pw->nopc", mh, xcl.astype(acc), mw, optimize=True)
-    y = np.moveaxis(y, -1, 1) if data_format == "channels_first" else y
-    return y.astype(x.dtype)
+    """Bilinear upsampling of a 4-D input by integer factors (size_h, size_w).
+
+    Per output: top = x[h0, w0] (1 - fw) + x[h0, w1] fw, bottom likewise on row h1,
+    y = top (1 - fh) + bottom fh, in float32 (float64 for float64): columns first, then
+    rows, as the kernel. An output reads only its taps of non-zero weight, so a NaN or inf
+    reaches only the outputs whose interpolation footprint holds it.
+    """
+    h_axis, w_axis = _spatial_axes(x.ndim, data_format)
+    y = _interpolate(_interpolate(widen(x), w_axis, size[1]), h_axis, size[0])
+    return narrow(y, x.dtype)
 
 
 def upsample_bilinear_backward(dy, size, data_format="channels_last"):
-    """d(loss)/dx of bilinear upsampling (the transposed interpolation)."""
-    acc = _acc_dtype(dy.dtype)
-    dycl = np.moveaxis(dy, 1, -1) if data_format == "channels_first" else dy
-    mh = bilinear_matrix(dycl.shape[1] // size[0], size[0], acc)
-    mw = bilinear_matrix(dycl.shape[2] // size[1], size[1], acc)
-    dx = np.einsum("oh,nopc,pw->nhwc", mh, dycl.astype(acc), mw, optimize=True)
-    dx = np.moveaxis(dx, -1, 1) if data_format == "channels_first" else dx
-    return dx.astype(dy.dtype)
+    """d(loss)/dx of bilinear upsampling (the transposed interpolation, taps of weight 0 skipped)."""
+    h_axis, w_axis = _spatial_axes(dy.ndim, data_format)
+    dx = _interpolate_transposed(_interpolate_transposed(widen(dy), w_axis, size[1]), h_axis, size[0])
+    return narrow(dx, dy.dtype)
 
 
 # ----------------------------------------------------------------------------- kernel path
