@@ -1,8 +1,8 @@
 """BatchNormalization (Keras 3), training and inference, forward and backward.
 
 - NumPy reference (``batch_norm_statistics``, ``batch_norm_forward``,
-  ``batch_norm_backward``): vectorised, two-pass statistics in float32 (float64 for
-  float64 inputs).
+  ``batch_norm_backward``): vectorised; every per-channel sum accumulates in float64, and
+  the variance is taken about the mean (two passes), so a large mean costs no accuracy.
 - Kernel path: per-channel reductions from ``cuda/batchnorm.cu`` (the reduced extent split
   across blocks, partials merged in a fixed order), and the element-wise steps as
   ``cupy.ElementwiseKernel`` snippets (run by the simulator on NumPy arrays).
@@ -20,6 +20,7 @@ import numbers
 import numpy as np
 
 from .. import kernels, validation
+from ._float16 import narrow, widen
 from .base import Layer
 
 SOURCE = "batchnorm.cu"
@@ -54,15 +55,37 @@ def _broadcast_shape(shape, axes):
 
 # ----------------------------------------------------------------------------- NumPy reference
 
+def _channel_sums(v, red):
+    """Sums of v over the axes ``red``, accumulated in float64 (keepdims)."""
+    return v.sum(axis=red, keepdims=True, dtype=np.float64)
+
+
 def batch_norm_statistics(x, axes):
-    """Per-channel (mean, biased variance) over every axis not in ``axes``, two passes."""
+    """Per-channel (mean, biased variance) over every axis not in ``axes``.
+
+    Accumulated in float64 whatever the input dtype, and the variance taken about the
+    (rounded) mean, so a large mean costs no digits of the variance. Returned in float32
+    (float64 for float64 inputs). A channel holding inf or NaN gets NaN mean and variance; a
+    variance beyond the float32 range is inf.
+    """
     acc = _acc_dtype(x.dtype)
     red = _reduced_axes(x.ndim, axes)
-    xa = x.astype(acc)
-    mean = xa.mean(axis=red, keepdims=True)
-    var = np.square(xa - mean).mean(axis=red, keepdims=True)
+    xw = widen(x)
+    m = x.size // max(1, math.prod(x.shape[a] for a in axes))
+    mean = _channel_sums(xw, red) / m
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = xw - mean.astype(xw.dtype)  # differences from the rounded mean: small and exact-ish
+        shift = _channel_sums(d, red) / m  # the rounding of the mean, seen from the data
+        if xw.dtype != np.float64 and not np.isfinite(shift[np.isfinite(mean)]).all():
+            # finite data whose differences overflow float32 (values near its limit): in float64
+            d = xw.astype(np.float64) - mean
+            shift = _channel_sums(d, red) / m
+        np.square(d, out=d)
+        var = np.maximum(_channel_sums(d, red) / m - np.square(shift), 0)
+        var[np.isnan(shift)] = np.nan  # inf - inf in the data
+    mean[np.isnan(var)] = np.nan  # a channel holding inf or NaN: NaN statistics, as a running (Welford) merge
     param_shape = tuple(x.shape[a] for a in axes)
-    return mean.reshape(param_shape), var.reshape(param_shape)
+    return mean.reshape(param_shape).astype(acc), var.reshape(param_shape).astype(acc)
 
 
 def batch_norm_forward(x, mean, var, gamma, beta, epsilon, axes):
@@ -70,29 +93,37 @@ def batch_norm_forward(x, mean, var, gamma, beta, epsilon, axes):
     acc = _acc_dtype(x.dtype)
     b = _broadcast_shape(x.shape, axes)
     inv_std = 1 / np.sqrt(var.astype(acc) + acc.type(epsilon))
-    y = (x.astype(acc) - mean.reshape(b)) * inv_std.reshape(b) * gamma.reshape(b) + beta.reshape(b)
-    return y.astype(x.dtype)
+    y = widen(x) - mean.astype(acc).reshape(b)  # a new array in the accumulate type
+    y *= (inv_std * gamma.astype(acc)).reshape(b)
+    y += beta.astype(acc).reshape(b)
+    return narrow(y, x.dtype)
 
 
 def batch_norm_backward(x, dy, mean, inv_std, gamma, axes, training):
     """(dx, d gamma, d beta), with inv_std = 1 / sqrt(var + epsilon). ``training``: mean and
     inv_std come from the batch statistics of x and the gradient flows through them;
-    otherwise they are constants (the moving statistics)."""
+    otherwise they are constants (the moving statistics). The sums accumulate in float64."""
     acc = _acc_dtype(x.dtype)
     red = _reduced_axes(x.ndim, axes)
     b = _broadcast_shape(x.shape, axes)
-    inv_std = inv_std.astype(acc).reshape(b)
-    g = dy.astype(acc)
-    xhat = (x.astype(acc) - mean.reshape(b)) * inv_std
-    dbeta = g.sum(axis=red, keepdims=True)
-    dgamma = (g * xhat).sum(axis=red, keepdims=True)
-    if training:
-        m = x.size // int(np.prod([x.shape[a] for a in axes]))
-        dx = gamma.reshape(b) * inv_std * (g - dbeta / m - xhat * dgamma / m)
-    else:
-        dx = g * gamma.reshape(b) * inv_std
     shape = tuple(x.shape[a] for a in axes)
-    return dx.astype(x.dtype), dgamma.reshape(shape), dbeta.reshape(shape)
+    inv_std = inv_std.astype(acc).reshape(b)
+    gamma = gamma.astype(acc).reshape(b)
+    g = widen(dy)
+    d = widen(x) - mean.astype(acc).reshape(b)  # x - mean; xhat = d * inv_std
+    dbeta = _channel_sums(g, red)
+    dgamma = _channel_sums(g * d, red) * inv_std
+    k = gamma * inv_std
+    if training:
+        m = x.size // math.prod(shape)
+        # dx = k * (g - dbeta / m - xhat * dgamma / m), one pass per term
+        d *= (-k * inv_std * dgamma / m).astype(acc)
+        d += g * k
+        d -= (k * dbeta / m).astype(acc)
+        dx = d
+    else:
+        dx = g * k
+    return narrow(dx, x.dtype), dgamma.reshape(shape).astype(acc), dbeta.reshape(shape).astype(acc)
 
 
 # ----------------------------------------------------------------------------- kernel path
