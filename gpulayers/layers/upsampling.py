@@ -95,53 +95,59 @@ def bilinear_taps(n, s, dtype=np.float64):
     return i0, i1, frac
 
 
-def _along(a, axis, index):
-    full = [slice(None)] * a.ndim
+def _along(ndim, axis, index):
+    full = [slice(None)] * ndim
     full[axis] = index
     return tuple(full)
 
 
+def _runs(index, weight):
+    """Maximal runs (a, b, d, w) of positions j in [a, b) with index[j] == j + d and the same
+    non-zero weight w: a gather by ``index`` as a few slices times a scalar (the interior and
+    the clamped ends). Positions of weight 0 are left out: such a tap is not read."""
+    runs = []
+    for j in range(len(index)):
+        d, w = int(index[j]) - j, weight[j]
+        if w == 0:
+            continue
+        if runs and runs[-1][1] == j and runs[-1][2] == d and runs[-1][3] == w:
+            runs[-1][1] = j + 1
+        else:
+            runs.append([j, j + 1, d, w])
+    return runs
+
+
+def _phases(n, s, dtype):
+    """Per phase k in [0, s) (the outputs o = i * s + k): the runs of its two taps."""
+    i0, i1, frac = bilinear_taps(n, s, dtype)
+    for k in range(s):
+        yield k, _runs(i0[k::s], (1 - frac)[k::s]), _runs(i1[k::s], frac[k::s])
+
+
 def _interpolate(v, axis, s):
-    """Linear interpolation of v along one axis by factor s; a tap of weight 0 is not read."""
-    i0, i1, frac = bilinear_taps(v.shape[axis], s, v.dtype)
-    shape = [1] * v.ndim
-    shape[axis] = -1
-    out = np.take(v, i0, axis=axis)
-    out *= (1 - frac).reshape(shape)
-    second = np.take(v, i1, axis=axis)
-    with np.errstate(invalid="ignore"):  # inf * 0 at a weight-0 tap: replaced below
-        second *= frac.reshape(shape)
-    out += second
-    exact = np.flatnonzero(frac == 0)  # outputs sitting exactly on input i0: only i0 is read
-    if exact.size:
-        out[_along(out, axis, exact)] = np.take(v, i0[exact], axis=axis)
+    """Linear interpolation of v along one axis by the integer factor s:
+    out[o] = v[i0] * (1 - frac) + v[i1] * frac, a tap of weight 0 not read."""
+    n, nd = v.shape[axis], v.ndim
+    out = np.empty(v.shape[:axis] + (n * s,) + v.shape[axis + 1:], v.dtype)
+    for k, runs0, runs1 in _phases(n, s, v.dtype):
+        phase = out[_along(nd, axis, slice(k, None, s))]  # a view: the outputs of this phase
+        for a, b, d, w in runs0:  # every output reads its first tap (weight 1 - frac > 0)
+            np.multiply(v[_along(nd, axis, slice(a + d, b + d))], w, out=phase[_along(nd, axis, slice(a, b))])
+        for a, b, d, w in runs1:
+            phase[_along(nd, axis, slice(a, b))] += v[_along(nd, axis, slice(a + d, b + d))] * w
     return out
 
 
 def _interpolate_transposed(g, axis, s):
-    """The transpose of :func:`_interpolate`: gradient of v from the gradient g of its output."""
+    """The transpose of :func:`_interpolate`: the gradient of v from the gradient g of its output."""
+    nd = g.ndim
     n = g.shape[axis] // s
-    i0, i1, frac = bilinear_taps(n, s, g.dtype)
-    shape = [1] * g.ndim
-    shape[axis] = -1
-    first = g * (1 - frac).reshape(shape)
-    with np.errstate(invalid="ignore"):  # inf * 0 at a weight-0 tap: replaced below
-        second = g * frac.reshape(shape)
-    exact = np.flatnonzero(frac == 0)
-    if exact.size:  # weight 0: the output does not read i1 (and a non-finite g must not reach it)
-        second[_along(second, axis, exact)] = 0
-    return _segment_sums(first, i0, n, axis) + _segment_sums(second, i1, n, axis)
-
-
-def _segment_sums(p, index, n, axis):
-    """r[..., i, ...] = sum of p[..., o, ...] over o with index[o] == i (index sorted, ending at n - 1)."""
-    positions = np.arange(n)
-    starts = np.searchsorted(index, positions, "left")
-    r = np.add.reduceat(p, np.minimum(starts, len(index) - 1), axis=axis)
-    empty = np.flatnonzero(starts == np.searchsorted(index, positions, "right"))
-    if empty.size:
-        r[_along(r, axis, empty)] = 0
-    return r
+    dv = np.zeros(g.shape[:axis] + (n,) + g.shape[axis + 1:], g.dtype)
+    for k, runs0, runs1 in _phases(n, s, g.dtype):
+        phase = g[_along(nd, axis, slice(k, None, s))]
+        for a, b, d, w in runs0 + runs1:
+            dv[_along(nd, axis, slice(a + d, b + d))] += phase[_along(nd, axis, slice(a, b))] * w
+    return dv
 
 
 def upsample_bilinear(x, size, data_format="channels_last"):
