@@ -1,6 +1,6 @@
 """Times every layer's forward and backward against PyTorch and the copy-bandwidth roofline.
 
-    python -m bench [--quick] [--filter pooling] [--cpu] [--out bench/results]
+    python -m bench [--quick] [--filter pooling] [--cpu] [--runs N] [--out FOLDER]
 
 GPU mode (a CUDA device with CuPy): our kernels timed with CUDA events (median of many runs
 after warm-up, rotating among input buffers that together exceed 200 MB so that the L2 cache
@@ -9,8 +9,11 @@ device's copy bandwidth measured in the same run (a large device-to-device copy,
 plus written). CPU mode (no GPU, or --cpu): the NumPy reference against PyTorch's CPU
 kernels on smaller shapes. Every case reports our median, PyTorch's, the ratio, the minimal
 bytes the op must move (inputs read once, outputs written once), GB/s and the fraction of
-the copy bandwidth; recurrent layers also the time per step. Writes
-``bench/results/<device>-<yyyy-mm-dd>.json``.
+the copy bandwidth; recurrent layers also the time per step.
+
+Writes <device>-<yyyy-mm-dd>.json into bench/local/ (ignored by git, so an ad-hoc run never
+changes the checkout), or into the folder that --out names: --out bench/results for results
+meant to be committed and shown in the README by bench/report.py.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from gpulayers import kernels  # noqa: E402
 
 from bench.cases import all_cases  # noqa: E402
 
+LOCAL_RESULTS = ROOT / "bench" / "local"  # ad-hoc runs: ignored by git (bench/.gitignore)
 WORKING_SET = 200 * 2**20  # bytes the rotating buffers must exceed (the H100/H200 L2 is 50 MB)
 TARGET_FRACTION = 0.9  # memory-bound layers: fraction of copy bandwidth to reach on large shapes
 
@@ -239,15 +243,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few cases (under 2 minutes on one GPU)")
-    parser.add_argument("--filter", default="", help="only cases whose layer or name contains this")
-    parser.add_argument("--cpu", action="store_true", help="CPU mode even when a GPU is present")
-    parser.add_argument("--runs", type=int, default=None, help="timed runs per measurement")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder of the results JSON")
+    parser.add_argument("--filter", default="", help="only cases whose layer or name contains this text")
+    parser.add_argument("--cpu", action="store_true", help="CPU mode (the NumPy reference) even when a GPU is present")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="timed runs per measurement, of which the median counts (default 50 on a GPU, 5 on the CPU)")
+    parser.add_argument("--out", default=str(LOCAL_RESULTS),
+                        help="folder of the results JSON (default bench/local, ignored by git; "
+                             "bench/results for results to commit)")
     args = parser.parse_args(argv)
 
     cp = kernels.cupy_module()
     gpu = kernels.gpu_available() and not args.cpu
     torch = _torch()
+    if torch is None:
+        print('PyTorch is not installed, so there is no baseline to compare with: install it with '
+              'pip install ".[bench]" (the torch columns below stay empty)')
     if gpu:
         xp, timer, tdev = cp, GpuTimer(cp), "cuda"
         if torch is not None:

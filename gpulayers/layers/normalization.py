@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import kernels, validation
 from ._float16 import narrow, widen
+from ._signature import with_signature
 from .base import Layer
 
 SOURCE = "batchnorm.cu"
@@ -333,3 +334,6 @@ class BatchNormalization(Layer):
         if self.center:
             self.grads["beta"] = sum_dy
         return dx
+
+
+with_signature(BatchNormalization)  # inspect.signature lists every argument (dtype, seed, ...)

@@ -20,6 +20,7 @@ import numpy as np
 from .. import kernels, validation
 from ._float16 import narrow as _cast
 from ._float16 import widen as _work
+from ._signature import with_signature
 from .base import Layer
 
 SOURCE = "pooling.cu"
@@ -530,11 +531,13 @@ def _make(kind, op, rank):
                                padnote="Padded cells are -inf." if op == "max"
                                else "Each window is divided by its number of real cells.")
         cls = type(name, (_Pooling,), {"rank": rank, "op": op, "__doc__": doc})
+        with_signature(cls, defaults={"pool_size": 2 if rank == 1 else (2,) * rank})
     else:
         name = f"Global{'Max' if op == 'max' else 'Average'}Pooling{rank}D"
         doc = _GLOBAL_DOC.format(op="max" if op == "max" else "average", rank=rank, name=name,
                                  dims=dims, ones=", ".join(["1"] * rank))
         cls = type(name, (_GlobalPooling,), {"rank": rank, "op": op, "__doc__": doc})
+        with_signature(cls)
     cls.__module__ = __name__
     return cls
 

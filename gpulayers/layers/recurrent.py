@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import kernels, validation
+from ._signature import with_signature
 from .base import Layer
 
 SOURCE = "recurrent.cu"
@@ -500,6 +501,10 @@ class GRU(_Recurrent):
             raise TypeError(f"GRU: unknown argument(s) unit_forget_bias. "
                             f"Received: unit_forget_bias={kwargs['unit_forget_bias']!r}")
         super().__init__(units, **kwargs)
+
+
+for _cls in (SimpleRNN, LSTM, GRU):  # inspect.signature lists every argument, not **kwargs
+    with_signature(_cls, exclude=_cls._not_keras_args)
 
 
 class Bidirectional(Layer):

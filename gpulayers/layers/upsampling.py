@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import kernels, validation
 from ._float16 import narrow, widen
+from ._signature import with_signature
 from .base import Layer
 
 SOURCE = "upsampling.cu"
@@ -339,3 +340,9 @@ class UpSampling3D(_UpSampling):
 
     def __init__(self, size=(2, 2, 2), data_format=None, name=None, **kwargs):
         super().__init__(size, data_format=data_format, name=name, **kwargs)
+
+
+# inspect.signature lists every argument (Keras's UpSampling1D/3D have no data_format/interpolation)
+with_signature(UpSampling1D, exclude=("data_format", "interpolation"))
+with_signature(UpSampling2D)
+with_signature(UpSampling3D, exclude=("interpolation",))
