@@ -41,7 +41,8 @@ from bench.cases import all_cases  # noqa: E402
 
 LOCAL_RESULTS = ROOT / "bench" / "local"  # ad-hoc runs: ignored by git (bench/.gitignore)
 WORKING_SET = 200 * 2**20  # bytes the rotating buffers must exceed (the H100/H200 L2 is 50 MB)
-TARGET_FRACTION = 0.9  # memory-bound layers: fraction of copy bandwidth to reach on large shapes
+TARGET_FRACTION = 0.9
+CPU_CASE_TARGET, CPU_GEOMEAN_TARGET = 4.0, 2.0  # NumPy reference vs PyTorch CPU: each case, geometric mean  # memory-bound layers: fraction of copy bandwidth to reach on large shapes
 
 
 def _torch():
@@ -225,8 +226,9 @@ def verdict(row, gpu):
     if "torch_forward_ms" in row:
         theirs = row["torch_forward_ms"] + row["torch_backward_ms"]
         row["ratio_vs_torch"] = ours / theirs
-        if not gpu:  # CPU mode times the NumPy reference: the targets are the GPU kernels'
-            pass
+        if not gpu:  # CPU mode times the NumPy reference: within 4x of PyTorch's CPU kernels per case
+            if ours > CPU_CASE_TARGET * theirs:
+                misses.append(f"over {CPU_CASE_TARGET:g}x PyTorch CPU")
         elif row["layer"] == "recurrent":
             need = 0.5 if row["shape"][0] <= 8 else 1.0
             if ours > need * theirs:
@@ -289,14 +291,20 @@ def main(argv=None) -> int:
         frac = (f"{row['forward_fraction']:5.0%}/{row['backward_fraction']:5.0%}" if "forward_fraction" in row
                 else f"{'-':>11}")
         print(f"{case.label()[:58]:58} {row['ours_forward_ms']:8.3f}/{row['ours_backward_ms']:8.3f} {theirs} {ratio} "
-              f"{gbps:>15} {frac:>11}  {'MISS: ' + '; '.join(row['misses']) if row['misses'] else ('ok' if gpu else 'n/a (cpu)')}")
+              f"{gbps:>15} {frac:>11}  {'MISS: ' + '; '.join(row['misses']) if row['misses'] else ('ok' if 'ratio_vs_torch' in row or gpu else 'n/a')}")
+    ratios = [r["ratio_vs_torch"] for r in rows if "ratio_vs_torch" in r]
+    geomean = float(np.exp(np.mean(np.log(ratios)))) if ratios else None
+    if geomean is not None:
+        target = f" (target <= {CPU_GEOMEAN_TARGET:g}; each case <= {CPU_CASE_TARGET:g})" if not gpu else ""
+        print(f"ours / PyTorch: geometric mean {geomean:.2f}, worst {max(ratios):.2f}{target}")
     overhead = python_overhead_us(xp, gpu)
     print(f"python overhead per forward+backward call on a tiny input ({'GPU' if gpu else 'launches stubbed'}): "
           + ", ".join(f"{k} {v:.0f} us" for k, v in overhead.items()))
     name = device_name(gpu, cp)
     result = {"device": name, "mode": "gpu" if gpu else "cpu", "date": datetime.date.today().isoformat(),
               "quick": args.quick, "filter": args.filter, "runs": runs, "versions": versions(torch, cp),
-              "copy_bandwidth_gbps": bw, "python_overhead_us": overhead, "cases": rows}
+              "copy_bandwidth_gbps": bw, "python_overhead_us": overhead, "geomean_ratio_vs_torch": geomean,
+              "cases": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
