@@ -13,9 +13,30 @@ import numpy as np
 _HALF_MAX_AS_FLOAT = np.float32(65536.0)  # float16 exponent 31 (inf/NaN) decodes to >= 2**16 below
 
 
+CHUNK = 1 << 15  # values per step: the temporaries of a step stay in the CPU's cache
+
+
 def to_float32(h):
     """float16 array -> float32 array (a new, C-contiguous array of h's shape)."""
     h = np.ascontiguousarray(h)
+    out = np.empty(h.shape, np.float32)
+    flat_in, flat_out = h.reshape(-1), out.reshape(-1)
+    for start in range(0, h.size, CHUNK):
+        flat_out[start:start + CHUNK] = _to_float32(flat_in[start:start + CHUNK])
+    return out
+
+
+def to_float16(f):
+    """float32 array -> float16 array, round to nearest even (bit-identical to astype)."""
+    f = np.ascontiguousarray(f, dtype=np.float32)
+    out = np.empty(f.shape, np.float16)
+    flat_in, flat_out = f.reshape(-1), out.reshape(-1)
+    for start in range(0, f.size, CHUNK):
+        flat_out[start:start + CHUNK] = _to_float16(flat_in[start:start + CHUNK])
+    return out
+
+
+def _to_float32(h):
     u = h.view(np.uint16).astype(np.uint32)
     bits = u & 0x7FFF
     bits <<= 13  # exponent and mantissa into float32 position, exponent still biased by 15
@@ -30,9 +51,7 @@ def to_float32(h):
     return f
 
 
-def to_float16(f):
-    """float32 array -> float16 array, round to nearest even (bit-identical to astype)."""
-    f = np.ascontiguousarray(f, dtype=np.float32)
+def _to_float16(f):
     bits = f.view(np.uint32) & 0x7FFFFFFF  # |f|
     # normal halves: rebias the exponent and round the 13 dropped mantissa bits to nearest even
     out = bits + np.uint32((((15 - 127) << 23) + 0xFFF) & 0xFFFFFFFF)
