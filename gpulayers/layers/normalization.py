@@ -56,34 +56,72 @@ def _broadcast_shape(shape, axes):
 
 # ----------------------------------------------------------------------------- NumPy reference
 
+SUM_BLOCK = 1024  # values summed in the input's float type before the sums go on in float64
+
+
 def _channel_sums(v, red):
-    """Sums of v over the axes ``red``, accumulated in float64 (keepdims)."""
-    return v.sum(axis=red, keepdims=True, dtype=np.float64)
+    """Sums of v over the axes ``red`` (keepdims), as float64.
+
+    Blocks of at most SUM_BLOCK values are summed in v's float type by a matrix-vector
+    product (BLAS), and the block sums are added in float64: the error is that of a
+    SUM_BLOCK-term sum, however many values there are.
+    """
+    keep = tuple(a for a in range(v.ndim) if a not in red)
+    out_shape = tuple(1 if a in red else n for a, n in enumerate(v.shape))
+    if not keep or keep != tuple(range(keep[0], keep[-1] + 1)) or v.size == 0:
+        return v.sum(axis=red, keepdims=True, dtype=np.float64)
+    v = np.ascontiguousarray(v)
+    r1, c = math.prod(v.shape[:keep[0]]), math.prod(v.shape[keep[0]:keep[-1] + 1])
+    r2 = math.prod(v.shape[keep[-1] + 1:])
+    if r2 == 1:  # (R1, C): blocks of rows
+        rows = v.reshape(r1, c)
+        k = r1 // SUM_BLOCK
+        total = np.zeros(c, np.float64)
+        if k:
+            total += (np.ones(SUM_BLOCK, v.dtype) @ rows[:k * SUM_BLOCK].reshape(k, SUM_BLOCK, c)).sum(
+                0, dtype=np.float64)
+        if r1 > k * SUM_BLOCK:
+            total += np.ones(r1 - k * SUM_BLOCK, v.dtype) @ rows[k * SUM_BLOCK:]
+    else:  # (R1, C, R2): blocks of each row's R2 values
+        planes = v.reshape(r1, c, r2)
+        k = r2 // SUM_BLOCK
+        total = np.zeros(c, np.float64)
+        if k:
+            blocks = planes[:, :, :k * SUM_BLOCK].reshape(r1, c, k, SUM_BLOCK) @ np.ones(SUM_BLOCK, v.dtype)
+            total += blocks.sum(axis=(0, 2), dtype=np.float64)
+        if r2 > k * SUM_BLOCK:
+            total += (planes[:, :, k * SUM_BLOCK:] @ np.ones(r2 - k * SUM_BLOCK, v.dtype)).sum(0, dtype=np.float64)
+    return total.reshape(out_shape)
 
 
 def batch_norm_statistics(x, axes):
     """Per-channel (mean, biased variance) over every axis not in ``axes``.
 
-    Accumulated in float64 whatever the input dtype, and the variance taken about the
-    (rounded) mean, so a large mean costs no digits of the variance. Returned in float32
-    (float64 for float64 inputs). A channel holding inf or NaN gets NaN mean and variance; a
-    variance beyond the float32 range is inf.
+    Two passes: a first mean, then the mean and variance of the differences from it (so a
+    large mean costs no digits of the variance), every sum finished in float64 (see
+    ``_channel_sums``). Returned in float32 (float64 for float64 inputs). A channel holding
+    inf or NaN gets NaN mean and variance; a variance beyond the float32 range is inf.
     """
     acc = _acc_dtype(x.dtype)
     red = _reduced_axes(x.ndim, axes)
     xw = widen(x)
     m = x.size // max(1, math.prod(x.shape[a] for a in axes))
-    mean = _channel_sums(xw, red) / m
     with np.errstate(invalid="ignore", over="ignore"):
-        d = xw - mean.astype(xw.dtype)  # differences from the rounded mean: small and exact-ish
-        shift = _channel_sums(d, red) / m  # the rounding of the mean, seen from the data
-        if xw.dtype != np.float64 and not np.isfinite(shift[np.isfinite(mean)]).all():
-            # finite data whose differences overflow float32 (values near its limit): in float64
-            d = xw.astype(np.float64) - mean
-            shift = _channel_sums(d, red) / m
-        np.square(d, out=d)
-        var = np.maximum(_channel_sums(d, red) / m - np.square(shift), 0)
+        first = _channel_sums(xw, red) / m
+        if not np.isfinite(first).all():  # block sums overflowed (values near the limit), or inf/NaN data
+            first = xw.sum(axis=red, keepdims=True, dtype=np.float64) / m
+        finite = np.isfinite(first)
+        for work in (xw.dtype, np.dtype(np.float64)):  # float64 when float32 differences or squares overflow
+            base = first.astype(work)
+            d = xw.astype(work, copy=False) - base  # small, and exact while within a factor 2
+            shift = _channel_sums(d, red) / m  # what the first mean missed
+            np.square(d, out=d)
+            square = _channel_sums(d, red) / m
+            if np.isfinite(shift[finite]).all() and np.isfinite(square[finite]).all():
+                break
+        var = np.maximum(square - np.square(shift), 0)
         var[np.isnan(shift)] = np.nan  # inf - inf in the data
+        mean = base.astype(np.float64) + shift
     mean[np.isnan(var)] = np.nan  # a channel holding inf or NaN: NaN statistics, as a running (Welford) merge
     param_shape = tuple(x.shape[a] for a in axes)
     return mean.reshape(param_shape).astype(acc), var.reshape(param_shape).astype(acc)
