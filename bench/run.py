@@ -147,7 +147,7 @@ def torch_case(case, torch, timer, runs, device, k):
     def tensor(a):
         t = torch.from_numpy(a).to(device)
         if case.layout == "channels_last":  # our NHWC memory, PyTorch's NCHW logical order
-            t = t.permute(0, 3, 1, 2)
+            t = t.movedim(-1, 1)
         return t
     xs = [tensor(rng.standard_normal(shape).astype(case.dtype)).requires_grad_(True) for _ in range(k)]
     it = iter(range(10**9))

@@ -44,27 +44,25 @@ def upsample_nearest(x, size, data_format="channels_last"):
     return x
 
 
-def _offsets(ndim, axes, size):
-    """Per position inside a repeated block (row-major): the slices of the outputs there."""
-    for cell in np.ndindex(*size):
-        index = [slice(None)] * ndim
-        for axis, c, s in zip(axes, cell, size):
-            index[axis] = slice(c, None, s)
-        yield tuple(index)
-
-
 def upsample_nearest_backward(dy, size, data_format="channels_last"):
     """d(loss)/dx of nearest upsampling: the sum of each repeated block (float32 sums for float16).
 
-    One whole-array add per position inside the block, in row-major block order.
+    Separable: the s values of each block along one axis are added (whole-array adds of
+    strided views), axis by axis from the last, so each pass works on data already reduced.
     """
-    axes = _spatial_axes(dy.ndim, data_format)
     g = widen(dy)
-    offsets = _offsets(dy.ndim, axes, size)
-    dx = g[next(offsets)].copy()
-    for index in offsets:
-        dx += g[index]
-    return narrow(dx, dy.dtype)
+    for axis, s in reversed(list(zip(_spatial_axes(dy.ndim, data_format), size))):
+        if s == 1:
+            continue
+        blocks = g.reshape(g.shape[:axis] + (g.shape[axis] // s, s) + g.shape[axis + 1:])
+        lead = (slice(None),) * (axis + 1)
+        total = blocks[lead + (0,)].copy()
+        for k in range(1, s):
+            total += blocks[lead + (k,)]
+        g = total
+    if g is dy:  # every factor 1
+        g = g.copy()
+    return narrow(g, dy.dtype)
 
 
 def bilinear_matrix(n, s, dtype=np.float64):
