@@ -113,7 +113,8 @@ def batch_norm_statistics(x, axes):
         finite = np.isfinite(first)
         for work in (xw.dtype, np.dtype(np.float64)):  # float64 when float32 differences or squares overflow
             base = first.astype(work)
-            d = xw.astype(work, copy=False) - base  # small, and exact while within a factor 2
+            xv, per_channel = _elementwise_view(xw.astype(work, copy=False), axes)
+            d = (xv - per_channel(base)).reshape(x.shape)  # small, and exact while within a factor 2
             shift = _channel_sums(d, red) / m  # what the first mean missed
             np.square(d, out=d)
             square = _channel_sums(d, red) / m
@@ -127,42 +128,57 @@ def batch_norm_statistics(x, axes):
     return mean.reshape(param_shape).astype(acc), var.reshape(param_shape).astype(acc)
 
 
+def _elementwise_view(x, axes):
+    """(x as an array for per-channel element-wise math, per-channel vector -> broadcastable).
+
+    When the channel axes are the last ones (channels_last) and x is contiguous, x is viewed as
+    rows of several whole channel vectors, so that NumPy's inner loops run long, not C short.
+    """
+    b = _broadcast_shape(x.shape, axes)
+    c = math.prod(x.shape[a] for a in axes)
+    last = tuple(range(x.ndim - len(axes), x.ndim)) == tuple(axes)
+    if not last or not x.flags.c_contiguous or c >= 1024 or x.size == 0:
+        return x, lambda v: v.reshape(b)
+    rows = x.size // c
+    k = max((d for d in range(1, min(rows, 4096 // c) + 1) if rows % d == 0), default=1)
+    return x.reshape(rows // k, k * c), lambda v: np.tile(v.reshape(-1), k)
+
+
 def batch_norm_forward(x, mean, var, gamma, beta, epsilon, axes):
     """(x - mean) / sqrt(var + epsilon) * gamma + beta; per-channel arrays of the param shape."""
     acc = _acc_dtype(x.dtype)
-    b = _broadcast_shape(x.shape, axes)
     inv_std = 1 / np.sqrt(var.astype(acc) + acc.type(epsilon))
-    y = widen(x) - mean.astype(acc).reshape(b)  # a new array in the accumulate type
-    y *= (inv_std * gamma.astype(acc)).reshape(b)
-    y += beta.astype(acc).reshape(b)
-    return narrow(y, x.dtype)
+    xv, per_channel = _elementwise_view(widen(x), axes)
+    y = xv - per_channel(mean.astype(acc))  # a new array in the accumulate type
+    y *= per_channel(inv_std * gamma.astype(acc))
+    y += per_channel(beta.astype(acc))
+    return narrow(y.reshape(x.shape), x.dtype)
 
 
 def batch_norm_backward(x, dy, mean, inv_std, gamma, axes, training):
     """(dx, d gamma, d beta), with inv_std = 1 / sqrt(var + epsilon). ``training``: mean and
     inv_std come from the batch statistics of x and the gradient flows through them;
-    otherwise they are constants (the moving statistics). The sums accumulate in float64."""
+    otherwise they are constants (the moving statistics). The sums are finished in float64."""
     acc = _acc_dtype(x.dtype)
     red = _reduced_axes(x.ndim, axes)
-    b = _broadcast_shape(x.shape, axes)
     shape = tuple(x.shape[a] for a in axes)
-    inv_std = inv_std.astype(acc).reshape(b)
-    gamma = gamma.astype(acc).reshape(b)
-    g = widen(dy)
-    d = widen(x) - mean.astype(acc).reshape(b)  # x - mean; xhat = d * inv_std
-    dbeta = _channel_sums(g, red)
-    dgamma = _channel_sums(g * d, red) * inv_std
+    inv_std, gamma = inv_std.astype(acc).reshape(shape), gamma.astype(acc).reshape(shape)
+    xv, per_channel = _elementwise_view(widen(x), axes)
+    gv = widen(dy).reshape(xv.shape)
+    d = xv - per_channel(mean.astype(acc))  # x - mean; xhat = d * inv_std
+    dbeta = _channel_sums(gv.reshape(x.shape), red).reshape(shape)
+    dgamma = _channel_sums((gv * d).reshape(x.shape), red).reshape(shape) * inv_std
     k = gamma * inv_std
     if training:
         m = x.size // math.prod(shape)
         # dx = k * (g - dbeta / m - xhat * dgamma / m), one pass per term
-        d *= (-k * inv_std * dgamma / m).astype(acc)
-        d += g * k
-        d -= (k * dbeta / m).astype(acc)
+        d *= per_channel((-k * inv_std * dgamma / m).astype(acc))
+        d += gv * per_channel(k)
+        d -= per_channel((k * dbeta / m).astype(acc))
         dx = d
     else:
-        dx = g * k
-    return narrow(dx, x.dtype), dgamma.reshape(shape).astype(acc), dbeta.reshape(shape).astype(acc)
+        dx = gv * per_channel(k)
+    return narrow(dx.reshape(x.shape), x.dtype), dgamma.astype(acc), dbeta.astype(acc)
 
 
 # ----------------------------------------------------------------------------- kernel path
