@@ -185,3 +185,55 @@ def test_batchnorm_near_the_float32_limit_agrees_on_both_paths():
     x = _channels([lambda v: None] + list(NEAR_LIMIT.values()))
     dy = np.random.default_rng(8).standard_normal(x.shape).astype(np.float32)
     _assert_same(_run_bn(x, dy, True), _run_bn(x, dy, False), 1e-4)
+
+
+# ------------------------------------------------------------- memory of the reference
+
+def _peak(fn, *args):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        out = fn(*args)
+        return out, tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_reference_peak_memory_is_a_few_times_input_plus_output(dtype, data_format):
+    from gpulayers.layers import pooling
+
+    rng = np.random.default_rng(9)
+    shape = (4, 80, 72, 24) if data_format == "channels_last" else (4, 24, 80, 72)
+    # float16 is computed in float32: count its arrays at float32 size; plus the fixed scratch of
+    # the chunked float16 conversion
+    scale, slack = (2, 2**20) if dtype == np.float16 else (1, 2**16)
+    x = rng.standard_normal(shape).astype(dtype)
+    axes = (3,) if data_format == "channels_last" else (1,)
+    calls = [
+        (lambda: pooling.max_pool_forward(x, (3, 3), (2, 2), "same", data_format), None),
+        (lambda: pooling.avg_pool_forward(x, (3, 3), (1, 1), "same", data_format), None),
+        (lambda: upsampling.upsample_bilinear(x, (2, 3), data_format), None),
+        (lambda: bn.batch_norm_statistics(x, axes), None),
+    ]
+    for fn, _ in calls:
+        y, peak = _peak(fn)
+        out_bytes = sum(a.nbytes for a in (y if isinstance(y, tuple) else (y,)))
+        assert peak <= 3 * scale * (x.nbytes + out_bytes) + slack, (fn, peak, x.nbytes, out_bytes)
+    y = pooling.max_pool_forward(x, (3, 3), (2, 2), "same", data_format)
+    dy = np.ones_like(y)
+    up = upsampling.upsample_bilinear(x, (2, 3), data_format)
+    mean, var = bn.batch_norm_statistics(x, axes)
+    for fn, in_bytes in [
+        (lambda: pooling.max_pool_backward(x, dy, (3, 3), (2, 2), "same", data_format), x.nbytes + dy.nbytes),
+        (lambda: upsampling.upsample_bilinear_backward(up, (2, 3), data_format), up.nbytes),
+        (lambda: bn.batch_norm_backward(x, x, mean, 1 / np.sqrt(var + 1e-3), np.ones_like(mean), axes, True),
+         2 * x.nbytes),
+    ]:
+        dx, peak = _peak(fn)
+        dx = dx[0] if isinstance(dx, tuple) else dx
+        assert peak <= 3 * scale * (in_bytes + dx.nbytes) + slack, (fn, peak, in_bytes, dx.nbytes)

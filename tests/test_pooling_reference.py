@@ -259,7 +259,7 @@ def test_huge_same_window_does_not_materialise_windows():
         dxa, p4 = peak_of(pooling.avg_pool_backward, x.shape, ya, *args)
     finally:
         tracemalloc.stop()
-    assert max(p1, p2, p3, p4) <= 3 * (x.nbytes + y.nbytes), (p1, p2, p3, p4)  # the old code: ~190 MB
+    assert max(p1, p2, p3, p4) <= 3 * (x.nbytes + y.nbytes), (p1, p2, p3, p4)  # materialised windows: ~460 MB
     assert dx.shape == x.shape and dxa.shape == x.shape
     # on an 8 x 8 input every such window holds the whole input: the global maximum and mean
     small = x[:, :8, :8]
