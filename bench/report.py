@@ -35,7 +35,9 @@ def _torch_fraction(row, key, bw):
 def table(result) -> str:
     lines = [f"Device: **{result['device']}** ({result['mode']} mode, {result['date']}, "
              f"{'quick' if result['quick'] else 'full'} run); measured copy bandwidth "
-             f"{result['copy_bandwidth_gbps']:.1f} GB/s; versions: "
+             f"{result['copy_bandwidth_gbps']:.1f} GB/s; "
+             + (f"{result['cpu_threads']} thread(s) for PyTorch and NumPy's BLAS; "
+                if result.get("cpu_threads") else "") + "versions: "
              + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v is not None) + ".", "",
              "| case | ours fwd / bwd (ms) | PyTorch fwd / bwd (ms) | ours / PyTorch | of copy bandwidth fwd / bwd | target |",
              "| --- | --- | --- | --- | --- | --- |"]

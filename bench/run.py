@@ -196,6 +196,20 @@ def python_overhead_us(xp, gpu, repeats=300):
     return out
 
 
+def limit_threads(threads, torch):
+    """One thread team size for PyTorch and for the BLAS under NumPy (threadpoolctl)."""
+    if torch is not None:
+        torch.set_num_threads(threads)
+    try:
+        import threadpoolctl
+
+        threadpoolctl.threadpool_limits(threads)
+        blas = f"NumPy's BLAS {threads}"
+    except ImportError:
+        blas = "NumPy's BLAS unlimited (pip install threadpoolctl)"
+    print(f"CPU threads: PyTorch {threads if torch is not None else '-'}, {blas}")
+
+
 def versions(torch, cp):
     info = {"python": platform.python_version(), "numpy": np.__version__, "gpulayers": gl.__version__,
             "cupy": getattr(cp, "__version__", None), "torch": getattr(torch, "__version__", None)}
@@ -249,6 +263,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu", action="store_true", help="CPU mode (the NumPy reference) even when a GPU is present")
     parser.add_argument("--runs", type=int, default=None,
                         help="timed runs per measurement, of which the median counts (default 50 on a GPU, 5 on the CPU)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU mode: threads for PyTorch and for NumPy's BLAS (default 1: one core each, as "
+                             "NumPy's element-wise code, and a busy machine cannot stall a thread team; "
+                             "0 keeps the libraries' own defaults)")
     parser.add_argument("--out", default=str(LOCAL_RESULTS),
                         help="folder of the results JSON (default bench/local, ignored by git; "
                              "bench/results for results to commit)")
@@ -268,6 +286,9 @@ def main(argv=None) -> int:
             torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch is timed with the same CUDA events
     else:
         xp, timer, tdev = np, cpu_timer, "cpu"
+    threads = None if gpu else (1 if args.threads is None else args.threads)
+    if threads:
+        limit_threads(threads, torch)
     cases = [c for c in all_cases(big=gpu) if (c.quick or not args.quick)
              and (args.filter.lower() in c.layer.lower() or args.filter.lower() in c.name.lower())]
     runs = args.runs or (50 if gpu else 5)
@@ -302,7 +323,8 @@ def main(argv=None) -> int:
           + ", ".join(f"{k} {v:.0f} us" for k, v in overhead.items()))
     name = device_name(gpu, cp)
     result = {"device": name, "mode": "gpu" if gpu else "cpu", "date": datetime.date.today().isoformat(),
-              "quick": args.quick, "filter": args.filter, "runs": runs, "versions": versions(torch, cp),
+              "quick": args.quick, "filter": args.filter, "runs": runs, "cpu_threads": threads,
+              "versions": versions(torch, cp),
               "copy_bandwidth_gbps": bw, "python_overhead_us": overhead, "geomean_ratio_vs_torch": geomean,
               "cases": rows}
     out = Path(args.out)
