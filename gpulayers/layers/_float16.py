@@ -60,7 +60,14 @@ def _to_float16(f):
     small = bits < (113 << 23)  # |f| < 2**-14, below the smallest normal half
     if small.any():  # subnormal halves and zero: the float adder rounds (magic-number trick)
         magic = np.uint32(((127 - 15) + (23 - 10) + 1) << 23)
-        out[small] = (bits[small].view(np.float32) + magic.view(np.float32)).view(np.uint32) - magic
+        sub = bits.view(np.float32) + magic.view(np.float32)
+        sub = sub.view(np.uint32)
+        sub -= magic
+        mask = small.astype(np.uint32)
+        np.negative(mask, out=mask)  # all ones where small
+        sub ^= out
+        sub &= mask
+        out ^= sub  # out = small ? sub : out, without a slow masked copy
     big = bits >= (143 << 23)  # |f| >= 2**16 (or inf/NaN): rounding above cannot be trusted
     if big.any():
         over = bits[big]

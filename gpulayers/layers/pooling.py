@@ -249,6 +249,14 @@ def avg_pool_backward(x_shape, dy, pool_size, strides=None, padding="valid", dat
     acc = _acc_dtype(dy.dtype)
     axes, in_sizes, out, pads = _geometry(tuple(x_shape), pool_size, strides, padding, data_format)
     share = _work(dy) / _real_counts(dy.ndim, axes, in_sizes, out, pool_size, strides, pads, acc)
+    if all(s >= p for s, p in zip(strides, pool_size)):
+        # windows that do not overlap: each input cell gets at most one share, so the shares are
+        # rounded to the output dtype once and copied (no sum, no conversion of the whole input)
+        share = _cast(share, dy.dtype)
+        dx = np.zeros(tuple(x_shape), dy.dtype)
+        for _, o, i in _cell_slices(dy.ndim, axes, in_sizes, out, pool_size, strides, pads):
+            dx[i] = share[o]
+        return dx
     dx = np.zeros(tuple(x_shape), acc)
     for _, o, i in _cell_slices(dy.ndim, axes, in_sizes, out, pool_size, strides, pads):
         np.add(dx[i], share[o], out=dx[i])
@@ -263,7 +271,19 @@ def global_pool_forward(x, op, data_format="channels_last", keepdims=False):
         if keys is not None:
             return _half_from_keys(keys.max(axis=axes, keepdims=keepdims))
         return _cast(_work(x).max(axis=axes, keepdims=keepdims), x.dtype)  # NaN propagates
-    return _cast(_work(x).mean(axis=axes, keepdims=keepdims, dtype=_acc_dtype(x.dtype)), x.dtype)
+    # the mean as a matrix-vector product per sample (BLAS), summing in float32 (float64 for float64)
+    xw = np.ascontiguousarray(_work(x))
+    n, c = x.shape[0], x.shape[1] if data_format == "channels_first" else x.shape[-1]
+    length = int(np.prod([x.shape[a] for a in axes]))
+    ones = np.ones(length, xw.dtype)
+    if data_format == "channels_first":
+        total = xw.reshape(n, c, length) @ ones
+    else:
+        total = ones @ xw.reshape(n, length, c)
+    y = total / xw.dtype.type(length)
+    if keepdims:
+        y = y.reshape(_out_shape(x.shape, axes, (1,) * len(axes)))
+    return _cast(y, x.dtype)
 
 
 def global_pool_backward(x, dy, op, data_format="channels_last"):
