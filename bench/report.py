@@ -37,7 +37,8 @@ def table(result) -> str:
              f"{'quick' if result['quick'] else 'full'} run); measured copy bandwidth "
              f"{result['copy_bandwidth_gbps']:.1f} GB/s; "
              + (f"{result['cpu_threads']} thread(s) for PyTorch and NumPy's BLAS; "
-                if result.get("cpu_threads") else "") + "versions: "
+                if result.get("cpu_threads") else "")
+             + (f"{result['statistic']} of {result['runs']} runs; " if result.get("statistic") else "") + "versions: "
              + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v is not None) + ".", "",
              "| case | ours fwd / bwd (ms) | PyTorch fwd / bwd (ms) | ours / PyTorch | of copy bandwidth fwd / bwd | target |",
              "| --- | --- | --- | --- | --- | --- |"]

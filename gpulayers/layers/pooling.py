@@ -204,10 +204,14 @@ def max_pool_backward(x, dy, pool_size, strides=None, padding="valid", data_form
             taken[o] |= hit
             np.multiply(g[o], hit, out=dx[i])
         return dx.view(np.float16)
-    xw = _work(x)
-    y = _max_pool_values(xw, pool_size, strides, padding, data_format)
-    has_nan = bool(np.isnan(y).any())
-    g = dy.astype(acc, copy=False)
+    if keys is not None:  # float16 without NaN, overlapping windows: compare keys, sum in float32
+        xw, has_nan = keys, False
+        y = _max_pool_values(keys, pool_size, strides, padding, data_format)
+    else:
+        xw = _work(x)
+        y = _max_pool_values(xw, pool_size, strides, padding, data_format)
+        has_nan = bool(np.isnan(y).any())
+    g = _work(dy).astype(acc, copy=False)
     finite = bool(np.isfinite(g).all())  # then g * hit is exact: a fast masked add
     dx = np.zeros(x.shape, acc)
     taken = np.zeros(y.shape, bool)  # the window's maximum has been found at an earlier cell
