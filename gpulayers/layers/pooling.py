@@ -212,21 +212,38 @@ def max_pool_backward(x, dy, pool_size, strides=None, padding="valid", data_form
         y = _max_pool_values(xw, pool_size, strides, padding, data_format)
         has_nan = bool(np.isnan(y).any())
     g = _work(dy).astype(acc, copy=False)
-    finite = bool(np.isfinite(g).all())  # then g * hit is exact: a fast masked add
+    overlap = any(s < p for s, p in zip(strides, pool_size))  # else each input cell is in one window
     dx = np.zeros(x.shape, acc)
-    taken = np.zeros(y.shape, bool)  # the window's maximum has been found at an earlier cell
-    share = np.empty(y.shape, acc)
-    for _, o, i in _cell_slices(x.ndim, axes, in_sizes, out, pool_size, strides, pads):
-        hit = np.equal(xw[i], y[o])
-        if has_nan:
-            hit |= np.isnan(xw[i]) & np.isnan(y[o])
-        np.greater(hit, taken[o], out=hit)  # hit and not taken
-        taken[o] |= hit
-        if finite:
-            dx[i] += np.multiply(g[o], hit, out=share[o])
-        else:  # inf or NaN in dy must reach only the maxima (inf * 0 would be NaN)
+    cells = _cell_slices(x.ndim, axes, in_sizes, out, pool_size, strides, pads)
+    if not np.isfinite(g).all():  # inf or NaN in dy must reach only the maxima (inf * 0 would be NaN)
+        taken = np.zeros(y.shape, bool)  # the window's maximum has been found at an earlier cell
+        for _, o, i in cells:
+            hit = _hits(xw[i], y[o], has_nan)
+            np.greater(hit, taken[o], out=hit)  # hit and not taken
+            taken[o] |= hit
             np.add(dx[i], g[o], out=dx[i], where=hit)
+        return _cast(dx, x.dtype)
+    # The gradient not yet delivered: a window's first hit takes all of it (r * 1), and leaves
+    # exactly 0 (r - r) for any later tie, so every gradient lands once, on the first maximum.
+    remaining = g.copy()
+    share = np.empty(y.shape, acc)
+    for _, o, i in cells:
+        hit = _hits(xw[i], y[o], has_nan)
+        if overlap:
+            dx[i] += np.multiply(remaining[o], hit, out=share[o])
+            remaining[o] -= share[o]
+        else:  # dx[i] holds only zeros so far
+            np.multiply(remaining[o], hit, out=dx[i])
+            remaining[o] -= dx[i]
     return _cast(dx, x.dtype)
+
+
+def _hits(xs, ys, has_nan):
+    """Where the cell holds its window's maximum (NaN matching NaN when there is one)."""
+    hit = np.equal(xs, ys)
+    if has_nan:
+        hit |= np.isnan(xs) & np.isnan(ys)
+    return hit
 
 
 def avg_pool_forward(x, pool_size, strides=None, padding="valid", data_format="channels_last"):
