@@ -128,13 +128,21 @@ def _interpolate(v, axis, s):
     out[o] = v[i0] * (1 - frac) + v[i1] * frac, a tap of weight 0 not read."""
     n, nd = v.shape[axis], v.ndim
     out = np.empty(v.shape[:axis] + (n * s,) + v.shape[axis + 1:], v.dtype)
+    scratch = np.empty(v.size, v.dtype)  # one phase's products
     for k, runs0, runs1 in _phases(n, s, v.dtype):
         phase = out[_along(nd, axis, slice(k, None, s))]  # a view: the outputs of this phase
         for a, b, d, w in runs0:  # every output reads its first tap (weight 1 - frac > 0)
             np.multiply(v[_along(nd, axis, slice(a + d, b + d))], w, out=phase[_along(nd, axis, slice(a, b))])
         for a, b, d, w in runs1:
-            phase[_along(nd, axis, slice(a, b))] += v[_along(nd, axis, slice(a + d, b + d))] * w
+            target = phase[_along(nd, axis, slice(a, b))]
+            product = np.multiply(v[_along(nd, axis, slice(a + d, b + d))], w, out=_scratch(scratch, target))
+            target += product
     return out
+
+
+def _scratch(buffer, like):
+    """A view of the flat scratch ``buffer`` shaped like ``like`` (reused: no fresh pages per product)."""
+    return buffer[:like.size].reshape(like.shape)
 
 
 def _interpolate_transposed(g, axis, s):
@@ -142,10 +150,23 @@ def _interpolate_transposed(g, axis, s):
     nd = g.ndim
     n = g.shape[axis] // s
     dv = np.zeros(g.shape[:axis] + (n,) + g.shape[axis + 1:], g.dtype)
+    scratch = np.empty(dv.size, g.dtype)
+    groups = {}  # contributions with the same target slice and weight: summed before one multiply
     for k, runs0, runs1 in _phases(n, s, g.dtype):
-        phase = g[_along(nd, axis, slice(k, None, s))]
         for a, b, d, w in runs0 + runs1:
-            dv[_along(nd, axis, slice(a + d, b + d))] += phase[_along(nd, axis, slice(a, b))] * w
+            groups.setdefault((a, b, d, w), []).append(k)
+    for (a, b, d, w), phases in groups.items():
+        target = dv[_along(nd, axis, slice(a + d, b + d))]
+        parts = [g[_along(nd, axis, slice(k + a * s, k + (b - 1) * s + 1, s))] for k in phases]
+        total = _scratch(scratch, target)
+        if len(parts) == 1:
+            np.multiply(parts[0], w, out=total)
+        else:
+            np.add(parts[0], parts[1], out=total)
+            for part in parts[2:]:
+                total += part
+            total *= w
+        target += total
     return dv
 
 
