@@ -142,8 +142,9 @@ __device__ __forceinline__ Welford<A> shfl_down(Welford<A> v, int delta) {
     return r;
 }
 
-// A pair of sums, reduced together.
-template <typename A> struct Sum2 {
+// A pair of sums, reduced together; aligned to its size so that a copy is one 8- or
+// 16-byte access (two 4-byte accesses to consecutive pairs would conflict in shared memory).
+template <typename A> struct __align__(2 * sizeof(A)) Sum2 {
     A a, b;
 };
 struct Sum2Op {

@@ -1,4 +1,4 @@
-"""Command line of gpulayers: selftest, info and kernels (see python -m gpulayers --help)."""
+"""Command line of gpulayers: selftest, info, kernels and demo (see python -m gpulayers --help)."""
 from __future__ import annotations
 
 import argparse
@@ -103,8 +103,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m gpulayers",
         description="gpulayers command line: check the kernels against the NumPy reference (selftest), "
-                    "show versions and devices (info), or report the kernels' resources (kernels).")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{selftest,info,kernels}",
+                    "show versions and devices (info), report the kernels' resources (kernels), or train "
+                    "a small model on generated data (demo).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{selftest,info,kernels,demo}",
                            help="the command to run; python -m gpulayers COMMAND --help describes it")
     st = sub.add_parser("selftest", help="run every layer's kernels against the NumPy reference",
                         description="Runs every layer, dtype and layout through its kernels (on the GPU, or on "
@@ -120,11 +121,25 @@ def parser() -> argparse.ArgumentParser:
                                     "prints registers, shared memory, stack frame and register spills.")
     kr.add_argument("--arch", default="sm_90",
                     help="target architecture: sm_XY or compute_XY, e.g. sm_80 or sm_90 (default sm_90)")
+    dm = sub.add_parser("demo", help="train a small model on generated data: images, autoencoder or sequence",
+                        description="Trains a small model on generated data and writes its loss curve and a "
+                                    "summary.")
+    dm.add_argument("--task", choices=("images", "autoencoder", "sequence"), default="images",
+                    help="images: CNN on generated shapes; autoencoder: conv encoder/decoder; "
+                         "sequence: LSTM forecaster of SIR epidemic curves (default images)")
+    dm.add_argument("--epochs", type=int, default=None, help="training epochs (default: the task's)")
+    dm.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                    help="cpu: the NumPy path; gpu: CuPy arrays and the CUDA kernels (default cpu)")
+    dm.add_argument("--out", default=".", help="folder for <task>_loss.png and <task>_summary.txt (default .)")
     return p
 
 
 def _main(argv) -> int:
     args = parser().parse_args(argv)
+    if args.command == "demo":
+        from . import demos
+
+        return demos.main(args.task, epochs=args.epochs, device=args.device, out_dir=args.out)
     if args.command == "info":
         return info()
     if args.command == "kernels":

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .paths import cache_folder, cuda_dir  # noqa: F401  (re-exported)
+
 try:  # CuPy is optional: without it the NumPy path (and the simulator) still work.
     import cupy as _cupy
 except Exception:  # pragma: no cover - depends on the machine
@@ -37,15 +39,6 @@ _modules: dict[tuple, object] = {}  # (source, source hash, dtype, device) -> co
 _functions: dict[tuple, object] = {}  # (id of a module in _modules, name) -> CuPy kernel function
 _lock = threading.Lock()
 _state = threading.local()
-
-
-def cuda_dir() -> Path:
-    """Folder of the .cu/.cuh sources: inside the installed package, else the checkout's cuda/."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "cuda", here.parent / "cuda"):
-        if (candidate / "common.cuh").is_file():
-            return candidate
-    raise FileNotFoundError("gpulayers: the cuda/ kernel sources were not found next to the package")
 
 
 def declare(source: str, templates) -> None:
@@ -105,7 +98,12 @@ def simulating() -> bool:
 
 @contextlib.contextmanager
 def simulate():
-    """Inside this block NumPy inputs take the kernel path, run by the CPU kernel simulator."""
+    """Inside this block NumPy inputs take the kernel path, run by the CPU kernel simulator.
+
+    The setting is per thread: it holds for layer calls made by the thread that entered the
+    block, not for threads started inside it (enter ``simulate()`` in each such thread).
+    A ``backward`` runs on the path of the call it differentiates, inside the block or not.
+    """
     previous = simulating()
     _state.simulate = True
     try:
@@ -254,6 +252,12 @@ def launch(source: str, template: str, dtype, grid, block, args, shared_mem: int
     name = template.format(T=CTYPES[np.dtype(dtype)])
     grid = tuple(int(g) for g in (grid if isinstance(grid, tuple) else (grid,)))
     block = tuple(int(b) for b in (block if isinstance(block, tuple) else (block,)))
+    if not on_gpu:
+        from .simulator import analysis
+
+        if analysis.wanted():  # inside analysis.recording()/checking(): the instrumented build
+            analysis.run(cuda_dir() / source, name_expressions(source, dtype), name, grid, block, args, shared_mem)
+            return
     module = _module(source, dtype, simulated=not on_gpu)
     if on_gpu:
         function = _functions.get((id(module), name))
@@ -270,6 +274,7 @@ class _Snippet:
     def __init__(self, kind: str, args: tuple, kwargs: dict):
         self.kind, self.args, self.kwargs = kind, args, kwargs
         self._gpu = self._sim = None
+        self.n_outputs = len([p for p in args[1].split(",") if p.strip()])  # a call returns a tuple when > 1
 
     def __call__(self, *arrays, **call_kwargs):
         if any(is_gpu_array(a) for a in arrays):
@@ -282,7 +287,14 @@ class _Snippet:
 
             cls = elementwise.ElementwiseKernel if self.kind == "elementwise" else elementwise.ReductionKernel
             self._sim = cls(*self.args, **self.kwargs)
-        return self._sim(*arrays, **call_kwargs)
+        out = self._sim(*arrays, **call_kwargs)
+        from .simulator import analysis
+
+        records = analysis.active()
+        if records is not None:  # CuPy generates these kernels: their traffic is modeled, not simulated
+            outs = out if isinstance(out, tuple) else (out,)
+            records.append(analysis.elementwise_report(self.args[3], arrays, outs, int(outs[0].size)))
+        return out
 
 
 @functools.lru_cache(maxsize=None)
@@ -304,13 +316,6 @@ def nvtx_range(name: str):
     if _nvtx is None:
         return contextlib.nullcontext()
     return _nvtx.annotate(name, domain="gpulayers")
-
-
-def cache_folder() -> Path:
-    """Where the simulator keeps compiled kernel libraries (CuPy keeps its own cache)."""
-    root = os.environ.get("GPULAYERS_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gpulayers")
-    return Path(root)
 
 
 def ceil_div(a: int, b: int) -> int:

@@ -80,3 +80,48 @@ def same_shape(layer: str, arg: str, x, shape, dtype) -> None:
     if x.dtype != dtype:
         raise TypeError(f"{layer}: `{arg}` must have dtype {dtype} (the output's). "
                         f"Received: {arg}.dtype={x.dtype}")
+
+
+def weight_array(layer: str, what: str, value, shape, dtype):
+    """A weight value -> a NumPy copy of ``dtype`` and ``shape``, or a clear error.
+
+    Accepted: arrays (or nested lists) of ``shape`` with a real floating dtype whose finite
+    values stay finite in ``dtype``, or integer/bool values that ``dtype`` holds exactly.
+    Refused: None, complex, object, string and other dtypes (TypeError), a wrong shape or a
+    lossy cast (ValueError).
+    """
+    if value is None:
+        raise TypeError(f"{layer}: {what} must be an array of shape {tuple(shape)}. Received: None")
+    try:
+        a = np.asarray(value)
+    except (ValueError, TypeError) as e:  # ragged nested lists
+        raise ValueError(f"{layer}: {what} must be an array of shape {tuple(shape)}. "
+                         f"Received: {type(value).__name__} that is not an array ({e})") from None
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{layer}: {what} must have a real floating dtype (or integers the weight dtype "
+                        f"{np.dtype(dtype)} holds exactly). Received: dtype {a.dtype}")
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{layer}: {what} must have shape {tuple(shape)}. Received: shape {tuple(a.shape)}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = a.astype(dtype)  # always a new array: never shares memory with the caller's
+        if a.dtype.kind == "f":
+            lossy = bool(np.any(np.isfinite(a) & ~np.isfinite(out)))
+        else:
+            lossy = bool(np.any(out.astype(a.dtype) != a)) or bool(np.any(~np.isfinite(out)))
+    if lossy:
+        raise ValueError(f"{layer}: {what} has values that dtype {np.dtype(dtype)} cannot hold "
+                         f"(overflow or rounding). Received: dtype {a.dtype}")
+    return out
+
+
+INT32_LIMIT = 2**31  # the kernels take sizes, windows and strides as 32-bit ints
+
+
+def int32_sizes(layer: str, **named) -> None:
+    """Every int in each named value (an int or a tuple of ints) must be below 2**31 for the
+    kernels' 32-bit geometry; ValueError naming the argument otherwise."""
+    for arg, value in named.items():
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        if any(int(v) >= INT32_LIMIT for v in items):
+            raise ValueError(f"{layer}: `{arg}` must be below 2**31 on the kernel path (the kernels use "
+                             f"32-bit sizes). Received: {arg}={value!r}")

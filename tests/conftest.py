@@ -9,14 +9,16 @@ from gpulayers import kernels
 DTYPES = (np.float32, np.float64, np.float16)
 
 
-@pytest.fixture(params=["simulator", "simulator-guard-start", pytest.param("gpu", marks=pytest.mark.gpu)])
+@pytest.fixture(params=["simulator", "simulator-guard-start", "simulator-hazards",
+                        pytest.param("gpu", marks=pytest.mark.gpu)])
 def kernel_path(request):
     """Runs a layer call on a kernel path: ``run(fn, *numpy arrays)`` -> NumPy results.
 
     "simulator": NumPy arrays inside gpulayers.simulate(), arrays flush against a trailing
     guard page (accesses past an end fault); "simulator-guard-start": the same with arrays
-    flush after a leading guard page (accesses before a start fault); "gpu": CuPy arrays
-    (skipped without a GPU).
+    flush after a leading guard page (accesses before a start fault); "simulator-hazards": the
+    simulator's analysis mode, where any race or uninitialised shared read (and any access
+    outside an array) fails the launch; "gpu": CuPy arrays (skipped without a GPU).
     """
     if request.param == "gpu":
         if not kernels.gpu_available():
@@ -31,10 +33,13 @@ def kernel_path(request):
         return run
 
     from gpulayers import simulator
+    from gpulayers.simulator import analysis
+
+    extra = {"simulator-guard-start": simulator.guard_at_start, "simulator-hazards": analysis.checking}.get(
+        request.param, contextlib.nullcontext)
 
     def run_sim(fn, *arrays):
-        with kernels.simulate(), (simulator.guard_at_start() if request.param == "simulator-guard-start"
-                                  else contextlib.nullcontext()):
+        with kernels.simulate(), extra():
             return _to_numpy(fn(*arrays))
 
     run_sim.name = request.param

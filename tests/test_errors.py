@@ -57,8 +57,8 @@ def test_bad_inputs_fail_before_any_kernel(simulated, monkeypatch):
             gl.MaxPooling1D()([[1.0]])
         with pytest.raises(ValueError, match=r"output would be empty.*Received: inputs.shape=\(2, 8, 8, 3\)"):
             gl.MaxPooling2D(pool_size=9)(x4)
-        with pytest.raises(ValueError, match=r"GlobalMaxPooling2D: `inputs` must not be empty"):
-            gl.GlobalMaxPooling2D()(np.ones((0, 3, 3, 2), np.float32))
+        with pytest.raises(ValueError, match=r"GlobalMaxPooling2D: `inputs` must not have an empty spatial axis"):
+            gl.GlobalMaxPooling2D()(np.ones((2, 0, 3, 2), np.float32))
         layer = gl.MaxPooling2D()
         with pytest.raises(ValueError, match=r"MaxPooling2D: backward\(\) needs a forward call first"):
             layer.backward(np.ones((2, 4, 4, 3), np.float32))

@@ -24,7 +24,9 @@ output sequence in that (reversed) order, as Keras.
 """
 from __future__ import annotations
 
+import dataclasses
 import numbers
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -367,10 +369,10 @@ class _Recurrent(Layer):
     def state_count(self):
         return 2 if self.spec.has_cell_state else 1
 
-    def _init(self, arg, rng, shape, dtype):
+    def _init(self, arg, weight, rng, shape, dtype):
         init = self.initializers[arg]
-        if callable(init):
-            return np.asarray(init(shape, dtype), dtype=dtype)
+        if callable(init):  # checked and copied: never the initializer's own array
+            return self._checked_weight(f"`{arg}` (for weight `{weight}`)", init(shape, dtype), shape, dtype)
         return _INITIALIZERS[init](rng, shape, dtype)
 
     def build(self, input_shape, xp, dtype):
@@ -382,15 +384,16 @@ class _Recurrent(Layer):
         wdtype = _acc_dtype(dtype)
         g, u = self.spec.gates, self.units
         self.input_features = int(input_shape[-1])
-        weights = {"kernel": self._init("kernel_initializer", rng, (self.input_features, g * u), wdtype),
-                   "recurrent_kernel": self._init("recurrent_initializer", rng, (u, g * u), wdtype)}
+        weights = {"kernel": self._init("kernel_initializer", "kernel", rng, (self.input_features, g * u), wdtype),
+                   "recurrent_kernel": self._init("recurrent_initializer", "recurrent_kernel", rng, (u, g * u),
+                                                  wdtype)}
         if self.use_bias:
             shape = (2, g * u) if self.spec.cell == "gru" else (g * u,)
-            bias = self._init("bias_initializer", rng, shape, wdtype)
+            bias = self._init("bias_initializer", "bias", rng, shape, wdtype)
             if self.cell == "lstm" and self.unit_forget_bias:
                 bias[u:2 * u] = 1.0
             weights["bias"] = bias
-        self.params = {k: xp.asarray(v) for k, v in weights.items()}
+        self.params.update({k: xp.asarray(v) for k, v in weights.items()})
 
     def _check_call(self, x, initial_state, mask):
         layer = type(self).__name__
@@ -398,8 +401,8 @@ class _Recurrent(Layer):
         if x.shape[-1] != self.input_features:
             raise ValueError(f"{layer}: `inputs` must have {self.input_features} features, as when the layer was "
                              f"built. Received: inputs.shape={tuple(x.shape)}")
-        if x.shape[0] == 0 or x.shape[1] == 0:
-            raise ValueError(f"{layer}: `inputs` must have at least one sample and one time step. "
+        if x.shape[1] == 0:  # a zero-size batch is fine; no time steps is not
+            raise ValueError(f"{layer}: `inputs` must have at least one time step. "
                              f"Received: inputs.shape={tuple(x.shape)}")
         xp = kernels.array_module(x)
         if mask is not None:
@@ -431,11 +434,22 @@ class _Recurrent(Layer):
 
     def forward(self, x, training=False, initial_state=None, mask=None):
         states0 = self._check_call(x, initial_state, mask)
-        xp, on_kernels = kernels.kernel_path(x)
+        xp, on_kernels = kernels.array_module(x), self._on_kernels
+        batch, steps = x.shape[:2]
+        if batch == 0:  # a zero-size batch: empty outputs and states, no kernel launch
+            self._saved = (tuple(x.shape), x.dtype, None, states0 is not None)
+            y = xp.zeros((0, steps, self.units) if self.return_sequences else (0, self.units), x.dtype)
+            return [y] + [xp.zeros((0, self.units), x.dtype) for _ in range(self.state_count)] \
+                if self.return_state else y
+        if on_kernels:
+            validation.int32_sizes(type(self).__name__, **{"inputs.shape": tuple(x.shape)})
         w = self.params
         args = (self.spec, x, w["kernel"], w["recurrent_kernel"], w.get("bias"), states0, mask)
         outputs, states, saved = rnn_forward_kernel(*args) if on_kernels else rnn_forward(*args)
-        self._saved = (x, saved, states0 is not None)
+        # backward reads only `saved`: no view of the caller's arrays stays in it, so editing x,
+        # mask or initial_state in place after the call does not change the gradient
+        saved = _detached(saved, [a for a in (x, mask, *(states0 or ())) if a is not None], xp)
+        self._saved = (tuple(x.shape), x.dtype, saved, states0 is not None)
         y = xp.swapaxes(outputs, 0, 1) if self.return_sequences else outputs[-1]
         y = xp.ascontiguousarray(y.astype(x.dtype))
         if self.return_state:
@@ -443,11 +457,18 @@ class _Recurrent(Layer):
         return y
 
     def backward_impl(self, dy):
-        x, saved, had_initial_state = self._saved
-        xp, on_kernels = kernels.kernel_path(x)
+        x_shape, x_dtype, saved, had_initial_state = self._saved
+        xp, on_kernels = self._xp, self._on_kernels
+        batch, steps = x_shape[:2]
+        wdtype = self.params["kernel"].dtype
+        if batch == 0:
+            dx = xp.zeros(x_shape, x_dtype)
+            self.grads = {k: xp.zeros(v.shape, wdtype) for k, v in self.params.items()}
+            if had_initial_state:
+                return [dx] + [xp.zeros((0, self.units), x_dtype) for _ in range(self.state_count)]
+            return dx
         dys = list(dy) if self.return_state else [dy]
-        steps, batch = x.shape[1], x.shape[0]
-        acc = _acc_dtype(x.dtype)
+        acc = _acc_dtype(x_dtype)
         d_out = xp.zeros((steps, batch, self.units), acc)
         if dys[0] is not None:
             if self.return_sequences:
@@ -457,11 +478,29 @@ class _Recurrent(Layer):
         d_states = (dys[1:] + [None] * self.state_count)[:self.state_count]
         fn = rnn_backward_kernel if on_kernels else rnn_backward
         dx, d_init, grads = fn(self.spec, saved, d_out, d_states)
-        wdtype = self.params["kernel"].dtype
         self.grads = {k: v.astype(wdtype) for k, v in grads.items()}
         if had_initial_state:
-            return [dx] + [d.astype(x.dtype) for d in d_init]
+            return [dx] + [d.astype(x_dtype) for d in d_init]
         return dx
+
+
+def _detached(saved, inputs, xp):
+    """``saved`` (a dict, list, tuple or dataclass of arrays) with every array that may share
+    memory with one of ``inputs`` copied."""
+    def own(v):
+        if isinstance(v, np.ndarray) or kernels.is_gpu_array(v):
+            return v.copy() if any(xp.may_share_memory(v, a) for a in inputs) else v
+        if isinstance(v, dict):
+            return {k: own(i) for k, i in v.items()}
+        if isinstance(v, tuple) and hasattr(v, "_fields"):  # a namedtuple
+            return type(v)(*(own(i) for i in v))
+        if isinstance(v, (list, tuple)):
+            return type(v)(own(i) for i in v)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return dataclasses.replace(v, **{f.name: own(getattr(v, f.name)) for f in dataclasses.fields(v)
+                                             if f.init})
+        return v
+    return own(saved)
 
 
 _RNN_DOC = """{name} layer, as Keras 3's ``{name}``.
@@ -537,19 +576,67 @@ for _cls in (SimpleRNN, LSTM, GRU):  # inspect.signature lists every argument, n
     with_signature(_cls, exclude=_cls._not_keras_args)
 
 
+def _rebuilt(layer, **overrides):
+    """A new, unbuilt layer of ``layer``'s class from its config (as Keras rebuilds wrapped layers)."""
+    config = dict(layer._config, dtype=layer.dtype)
+    config.update(overrides)
+    return type(layer)(**config)
+
+
+class _WrappedParams(MutableMapping):
+    """Bidirectional's ``params``: a live view of both directions' params under
+    ``forward_<name>`` / ``backward_<name>``. Reading gives the wrapped layer's own array (so
+    in-place updates reach it); assigning a key replaces that weight in the wrapped layer."""
+
+    def __init__(self, owner):
+        self._owner = owner
+
+    def _find(self, key):
+        for prefix, sub in (("forward_", self._owner.forward_layer), ("backward_", self._owner.backward_layer)):
+            if isinstance(key, str) and key.startswith(prefix) and key[len(prefix):] in sub.params:
+                return sub, key[len(prefix):]
+        raise KeyError(f"Bidirectional: no parameter {key!r}; the parameters are {', '.join(self)}")
+
+    def __getitem__(self, key):
+        sub, k = self._find(key)
+        return sub.params[k]
+
+    def __setitem__(self, key, value):
+        sub, k = self._find(key)
+        sub.params[k] = value
+
+    def __delitem__(self, key):
+        raise TypeError(f"Bidirectional: parameters cannot be removed. Received: del params[{key!r}]")
+
+    def __iter__(self):
+        for prefix, sub in (("forward_", self._owner.forward_layer), ("backward_", self._owner.backward_layer)):
+            for k in sub.params:
+                yield prefix + k
+
+    def __len__(self):
+        return len(self._owner.forward_layer.params) + len(self._owner.backward_layer.params)
+
+    def __repr__(self):
+        return repr(dict(self))
+
+
 class Bidirectional(Layer):
     """Runs a recurrent layer forwards and a copy of it backwards, as Keras 3's ``Bidirectional``.
 
     Args:
-        layer: a SimpleRNN, LSTM or GRU instance (the forward layer).
+        layer: a SimpleRNN, LSTM or GRU instance; the forward direction is a new layer built
+            from its config (as Keras), so ``layer`` itself is never changed, built or shared.
         merge_mode: "concat" (default), "sum", "mul", "ave" or None (a list of both outputs).
-        backward_layer: optional layer for the backward direction (default: a copy of
-            ``layer`` with ``go_backwards`` flipped and seed + 1).
+        backward_layer: optional layer whose config gives the backward direction (default:
+            ``layer``'s config with ``go_backwards`` flipped and seed + 1); it too is copied,
+            never changed or shared.
 
     Call: ``layer(x, initial_state=None, mask=None)``; initial_state holds the forward
     layer's states, then the backward layer's. With return_sequences the backward output is
-    flipped back to the forward time order before merging. Weights (Keras order): the forward
-    layer's, then the backward layer's.
+    flipped back to the forward time order before merging, and masked steps give zeros (both
+    directions use ``zero_output_for_mask=return_sequences``, as Keras). Weights (Keras
+    order): the forward layer's, then the backward layer's; ``params`` is a live view of
+    them (``bi.params["forward_kernel"][...] -= lr * g`` updates the forward direction).
     """
 
     MERGE_MODES = ("concat", "sum", "mul", "ave", None)
@@ -564,22 +651,26 @@ class Bidirectional(Layer):
             raise ValueError(f"{me}: `merge_mode` must be one of 'concat', 'sum', 'mul', 'ave', None. "
                              f"Received: merge_mode={merge_mode!r}")
         validation.unsupported(me, weights=(weights, None))
-        if backward_layer is None:
-            config = dict(layer._config, go_backwards=not layer.go_backwards,
-                          seed=None if layer.seed is None else layer.seed + 1)
-            backward_layer = type(layer)(**config)
-        elif not isinstance(backward_layer, _Recurrent) or backward_layer.go_backwards == layer.go_backwards \
-                or backward_layer.return_sequences != layer.return_sequences \
-                or backward_layer.return_state != layer.return_state:
+        if backward_layer is not None and (
+                not isinstance(backward_layer, _Recurrent) or backward_layer.go_backwards == layer.go_backwards
+                or backward_layer.return_sequences != layer.return_sequences
+                or backward_layer.return_state != layer.return_state):
             raise ValueError(f"{me}: `backward_layer` must be a recurrent layer with the opposite go_backwards "
                              f"and the same return_sequences/return_state. Received: {backward_layer!r}")
-        for sub in (layer, backward_layer):  # as Keras: masked steps of sequences give zeros
-            sub.zero_output_for_mask = sub.return_sequences
-            sub.spec = Spec(sub.spec.cell, sub.units, sub.activation, sub.recurrent_activation, sub.go_backwards,
-                            sub.return_sequences)
-        self.forward_layer, self.backward_layer = layer, backward_layer
+        # as Keras: masked steps of returned sequences give zeros in both directions
+        zero = layer.return_sequences
+        self.forward_layer = _rebuilt(layer, zero_output_for_mask=zero, name=f"forward_{layer.name}")
+        if backward_layer is None:
+            self.backward_layer = _rebuilt(layer, go_backwards=not layer.go_backwards, zero_output_for_mask=zero,
+                                           seed=None if layer.seed is None else layer.seed + 1,
+                                           name=f"backward_{layer.name}")
+        else:
+            self.backward_layer = _rebuilt(backward_layer, zero_output_for_mask=zero, name=backward_layer.name)
         self.merge_mode = merge_mode
         self.return_sequences, self.return_state = layer.return_sequences, layer.return_state
+
+    def _sublayers(self):
+        return (self.forward_layer, self.backward_layer)
 
     @property
     def weight_names(self):
@@ -587,16 +678,7 @@ class Bidirectional(Layer):
             tuple(f"backward_{n}" for n in self.backward_layer.weight_names)
 
     def _weights(self):
-        return {**{f"forward_{k}": v for k, v in self.forward_layer.params.items()},
-                **{f"backward_{k}": v for k, v in self.backward_layer.params.items()}}
-
-    def set_weights(self, weights):
-        n = len(self.forward_layer.weight_names)
-        if len(weights) != len(self.weight_names):
-            raise ValueError(f"{type(self).__name__}: set_weights() expects {len(self.weight_names)} arrays "
-                             f"({', '.join(self.weight_names)}). Received: {len(weights)} arrays")
-        self.forward_layer.set_weights(weights[:n])
-        self.backward_layer.set_weights(weights[n:])
+        return dict(self.params)
 
     def to(self, device):
         self.forward_layer.to(device)
@@ -605,17 +687,21 @@ class Bidirectional(Layer):
 
     @property
     def params(self):
-        return self._weights()
+        return _WrappedParams(self)
 
     @params.setter
     def params(self, value):
         if value:  # the base class initialises an empty dict; the weights live in the wrapped layers
-            raise AttributeError("Bidirectional: params come from the wrapped layers; use set_weights()")
+            raise AttributeError("Bidirectional: `params` cannot be replaced; assign single entries "
+                                 "(bi.params['forward_kernel'] = w), update them in place, or use set_weights()")
 
     def forward(self, x, training=False, initial_state=None, mask=None):
         xp = kernels.array_module(x)
         fs = bs = None
         if initial_state is not None:
+            if not isinstance(initial_state, (list, tuple)):
+                raise TypeError(f"{type(self).__name__}: `initial_state` must be a list of arrays (forward then "
+                                f"backward states). Received: initial_state of type {type(initial_state).__name__}")
             states = list(initial_state)
             n = self.forward_layer.state_count
             if len(states) != 2 * n:
@@ -629,7 +715,7 @@ class Bidirectional(Layer):
             (yf, *sf), (yb, *sb) = yf, yb
         if self.return_sequences:
             yb = xp.ascontiguousarray(xp.flip(yb, axis=1))
-        self._saved = (x, yf, yb, initial_state is not None)
+        self._saved = (x.dtype, yf, yb, initial_state is not None)
         if self.merge_mode == "concat":
             out = [xp.concatenate([yf, yb], axis=-1)]
         elif self.merge_mode == "sum":
@@ -644,8 +730,8 @@ class Bidirectional(Layer):
         return out if len(out) > 1 else out[0]
 
     def backward_impl(self, dy):
-        x, yf, yb, had_initial_state = self._saved
-        xp = kernels.array_module(x)
+        x_dtype, yf, yb, had_initial_state = self._saved
+        xp = self._xp
         dys = list(dy) if isinstance(dy, (list, tuple)) else [dy]
         n_out = 2 if self.merge_mode is None else 1
         d_out, d_states = dys[:n_out], dys[n_out:]
@@ -672,7 +758,7 @@ class Bidirectional(Layer):
         for sub, d, ds in ((self.forward_layer, dyf, d_states[:n]), (self.backward_layer, dyb, d_states[n:])):
             if d is None and not any(s is not None for s in ds):
                 d = xp.zeros(sub._output_meta[0][0] if isinstance(sub._output_meta, list) else sub._output_meta[0],
-                             x.dtype)
+                             x_dtype)
             results.append(sub.backward([d] + list(ds) if sub.return_state else d))
         self.grads = {**{f"forward_{k}": v for k, v in self.forward_layer.grads.items()},
                       **{f"backward_{k}": v for k, v in self.backward_layer.grads.items()}}

@@ -286,21 +286,27 @@ class _UpSampling(Layer):
         validation.rank(layer, "inputs", x, self.rank + 2,
                         "(batch, spatial..., channels)" if self.data_format == "channels_last"
                         else "(batch, channels, spatial...)")
-        if 0 in x.shape:
-            raise ValueError(f"{layer}: `inputs` must not be empty. Received: inputs.shape={tuple(x.shape)}")
-        _, on_kernels = kernels.kernel_path(x)
-        self._saved = (x,)
-        if on_kernels:
+        self._saved = (tuple(x.shape),)  # backward needs only the input's shape
+        if x.size == 0:  # a zero-size batch (or any empty axis): empty output, no kernel launch
+            return kernels.array_module(x).zeros(self.compute_output_shape(x.shape), x.dtype)
+        if self._on_kernels:
+            spatial = x.shape[2:] if self.data_format == "channels_first" else x.shape[1:-1]
+            validation.int32_sizes(layer, size=self.size, **{"inputs.shape": tuple(x.shape)})
+            if any((n + 1) * s >= validation.INT32_LIMIT for n, s in zip(spatial, self.size)):
+                raise ValueError(f"{layer}: the output's spatial sizes must stay below 2**31 on the kernel "
+                                 f"path (the kernels use 32-bit sizes). Received: size={self.size}, "
+                                 f"inputs.shape={tuple(x.shape)}")
             return upsample_kernel(x, self.size, self.data_format, self.interpolation)
         if self.interpolation == "bilinear":
             return upsample_bilinear(x, self.size, self.data_format)
         return upsample_nearest(x, self.size, self.data_format)
 
     def backward_impl(self, dy):
-        x = self._saved[0]
-        _, on_kernels = kernels.kernel_path(x)
-        if on_kernels:
-            return upsample_backward_kernel(dy, x.shape, self.size, self.data_format, self.interpolation)
+        (x_shape,) = self._saved
+        if dy.size == 0:
+            return self._xp.zeros(x_shape, dy.dtype)
+        if self._on_kernels:
+            return upsample_backward_kernel(dy, x_shape, self.size, self.data_format, self.interpolation)
         if self.interpolation == "bilinear":
             return upsample_bilinear_backward(dy, self.size, self.data_format)
         return upsample_nearest_backward(dy, self.size, self.data_format)

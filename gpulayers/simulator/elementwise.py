@@ -110,9 +110,9 @@ def _bind_scalars(src, params, scalar_flags):
 
 class _Compiled:
     def __init__(self, source: str, name: str):
-        from .. import kernels
+        from .. import paths
 
-        path = build_source(source, f"ew_{name}", kernels.cache_folder())
+        path = build_source(source, f"ew_{name}", paths.cache_folder())
         self.fn = ctypes.CDLL(str(path)).glsim_ew
         self.fn.restype = None
 

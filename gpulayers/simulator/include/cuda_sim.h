@@ -24,6 +24,20 @@
 #define __constant__ static
 #define __align__(n) __attribute__((aligned(n)))
 
+// The analysis build (GLSIM_ANALYSIS, see sim_analysis.h) compiles the kernels with
+// -fsanitize=thread: every memory access calls a hook. The runtime itself (GLSIM_RT) is not
+// instrumented; atomics report themselves as atomic accesses.
+#ifdef GLSIM_ANALYSIS
+#define GLSIM_RT __attribute__((no_sanitize("thread")))
+#define GLSIM_ATOMIC GLSIM_RT __attribute__((noinline))
+namespace glsim { void atomic_access(void* p, unsigned size, void* pc); }
+#define GLSIM_NOTE_ATOMIC(p) ::glsim::atomic_access((void*)(p), sizeof(*(p)), __builtin_return_address(0))
+#else
+#define GLSIM_RT
+#define GLSIM_ATOMIC inline
+#define GLSIM_NOTE_ATOMIC(p) ((void)0)
+#endif
+
 struct uint3 { unsigned int x, y, z; };
 struct dim3 { unsigned int x, y, z; };
 
@@ -100,14 +114,16 @@ inline int __all_sync(unsigned mask, int pred) {
 inline unsigned __activemask() { return 0xffffffffu; }
 
 // Atomics: blocks and threads never run at the same time, so plain updates are exact.
-template <typename T> inline T atomicAdd(T* p, T v) { T old = *p; *p = old + v; return old; }
-template <typename T> inline T atomicSub(T* p, T v) { T old = *p; *p = old - v; return old; }
-template <typename T> inline T atomicExch(T* p, T v) { T old = *p; *p = v; return old; }
-template <typename T> inline T atomicMax(T* p, T v) { T old = *p; if (v > old) *p = v; return old; }
-template <typename T> inline T atomicMin(T* p, T v) { T old = *p; if (v < old) *p = v; return old; }
-template <typename T> inline T atomicCAS(T* p, T cmp, T v) { T old = *p; if (old == cmp) *p = v; return old; }
-inline unsigned atomicInc(unsigned* p, unsigned limit) {
-    unsigned old = *p; *p = (old >= limit) ? 0 : old + 1; return old;
+template <typename T> GLSIM_ATOMIC T atomicAdd(T* p, T v) { GLSIM_NOTE_ATOMIC(p); T old = *p; *p = old + v; return old; }
+template <typename T> GLSIM_ATOMIC T atomicSub(T* p, T v) { GLSIM_NOTE_ATOMIC(p); T old = *p; *p = old - v; return old; }
+template <typename T> GLSIM_ATOMIC T atomicExch(T* p, T v) { GLSIM_NOTE_ATOMIC(p); T old = *p; *p = v; return old; }
+template <typename T> GLSIM_ATOMIC T atomicMax(T* p, T v) { GLSIM_NOTE_ATOMIC(p); T old = *p; if (v > old) *p = v; return old; }
+template <typename T> GLSIM_ATOMIC T atomicMin(T* p, T v) { GLSIM_NOTE_ATOMIC(p); T old = *p; if (v < old) *p = v; return old; }
+template <typename T> GLSIM_ATOMIC T atomicCAS(T* p, T cmp, T v) {
+    GLSIM_NOTE_ATOMIC(p); T old = *p; if (old == cmp) *p = v; return old;
+}
+GLSIM_ATOMIC unsigned atomicInc(unsigned* p, unsigned limit) {
+    GLSIM_NOTE_ATOMIC(p); unsigned old = *p; *p = (old >= limit) ? 0 : old + 1; return old;
 }
 
 // Math: the fast intrinsics are their accurate counterparts here.

@@ -13,6 +13,10 @@
 // leading one on request), the slack on the other side filled with a canary. An access
 // across the flush side faults at once; a write into the slack is caught by the canary
 // check after the launch; either becomes an error message naming the kernel and argument.
+//
+// With GLSIM_ANALYSIS defined (the analysis build, see sim_analysis.h) every global and
+// shared memory access of a simulated thread is also a scheduling point, so that a warp's
+// lanes issue each instruction together, and the accesses are measured and checked.
 #pragma once
 #include "cuda_sim.h"
 
@@ -32,7 +36,7 @@ namespace glsim {
 uint3 thread_idx, block_idx;
 dim3 block_dim, grid_dim;
 
-enum State { RUNNABLE, WAIT_BARRIER, WAIT_WARP, DONE };
+enum State { RUNNABLE, WAIT_BARRIER, WAIT_WARP, DONE, WAIT_ACCESS };
 
 struct Fiber {
     jmp_buf env;
@@ -46,6 +50,14 @@ struct Fiber {
     unsigned long long deposit = 0;  // this lane's value in it
     unsigned group = 0;            // lanes released together in the last collective
     int barriers = 0;              // __syncthreads() calls so far
+#ifdef GLSIM_ANALYSIS
+    struct {
+        uintptr_t addr, pc;
+        unsigned size;
+        unsigned char write, atomic;
+    } access;                      // the pending memory access (state WAIT_ACCESS)
+    unsigned long long last_collective = 0;  // id of the last warp collective this lane took part in
+#endif
 };
 
 const size_t kStack = 256 * 1024;
@@ -75,10 +87,11 @@ struct Runtime {
     void* fault_addr = nullptr;
     long page = 4096;
     char* altstack = nullptr;
+    bool in_fiber = false;  // a simulated thread (not the scheduler) is running
 };
 static Runtime R;
 
-static void fiber_main(unsigned lo, unsigned hi) {
+GLSIM_RT static void fiber_main(unsigned lo, unsigned hi) {
     Fiber* f = reinterpret_cast<Fiber*>(((uintptr_t)hi << 32) | (uintptr_t)lo);
     if (_setjmp(f->env) == 0) setcontext(&R.creator);
     for (;;) {
@@ -88,7 +101,7 @@ static void fiber_main(unsigned lo, unsigned hi) {
     }
 }
 
-static void destroy_fibers() {
+GLSIM_RT static void destroy_fibers() {
     for (Fiber* f : R.fibers) {
         if (f->stack) munmap(f->stack, f->mapped);
         delete f;
@@ -97,7 +110,7 @@ static void destroy_fibers() {
     R.fibers_valid = true;
 }
 
-static void ensure_fibers(size_t n) {
+GLSIM_RT static void ensure_fibers(size_t n) {
     if (!R.fibers_valid) destroy_fibers();
     while (R.fibers.size() < n) {
         Fiber* f = new Fiber();
@@ -115,41 +128,47 @@ static void ensure_fibers(size_t n) {
     }
 }
 
-static inline void yield_as(int state) {
+GLSIM_RT static inline void yield_as(int state) {
     Fiber* f = R.cur;
     f->state = state;
     if (_setjmp(f->env) == 0) _longjmp(R.sched_env, 1);
     thread_idx = f->idx;  // resumed: restore this thread's index
 }
 
-void syncthreads() {
+GLSIM_RT void syncthreads() {
     R.cur->barriers++;
     yield_as(WAIT_BARRIER);
 }
 
-void warp_collective(unsigned mask, unsigned long long bits) {
+GLSIM_RT void warp_collective(unsigned mask, unsigned long long bits) {
     Fiber* f = R.cur;
     f->mask = mask;
     f->deposit = bits;
     yield_as(WAIT_WARP);
 }
 
-unsigned long long warp_value(int lane) { return R.warp_values[R.cur->tid / 32][lane]; }
-unsigned warp_group_mask() { return R.cur->group; }
-int lane_id() { return (int)(R.cur->tid % 32); }
+GLSIM_RT unsigned long long warp_value(int lane) { return R.warp_values[R.cur->tid / 32][lane]; }
+GLSIM_RT unsigned warp_group_mask() { return R.cur->group; }
+GLSIM_RT int lane_id() { return (int)(R.cur->tid % 32); }
+
+#ifdef GLSIM_ANALYSIS
+}  // namespace glsim
+#include "sim_analysis.h"
+namespace glsim {
+#endif
 
 struct SimError {
     std::string message;
 };
 
-static std::string block_name() {
+GLSIM_RT static std::string block_name() {
     char buf[96];
     std::snprintf(buf, sizeof buf, "block (%u,%u,%u)", block_idx.x, block_idx.y, block_idx.z);
     return buf;
 }
 
 // Runs one block to completion; returns an error message or "".
-static std::string run_block(unsigned nthreads) {
+GLSIM_RT static std::string run_block(unsigned nthreads) {
     for (unsigned t = 0; t < nthreads; ++t) {
         Fiber* f = R.fibers[t];
         f->state = RUNNABLE;
@@ -164,8 +183,13 @@ static std::string run_block(unsigned nthreads) {
             if (f->state != RUNNABLE) continue;
             R.cur = f;
             thread_idx = f->idx;
+            R.in_fiber = true;
             if (_setjmp(R.sched_env) == 0) _longjmp(f->env, 1);
+            R.in_fiber = false;
         }
+#ifdef GLSIM_ANALYSIS
+        if (analysis::issue_accesses(nthreads)) continue;  // lanes at a memory access go first
+#endif
         unsigned done = 0, at_barrier = 0, runnable = 0;
         for (unsigned t = 0; t < nthreads; ++t) {
             const int s = R.fibers[t]->state;
@@ -175,6 +199,9 @@ static std::string run_block(unsigned nthreads) {
         if (done == nthreads) return "";
         if (at_barrier == nthreads) {
             for (unsigned t = 0; t < nthreads; ++t) R.fibers[t]->state = RUNNABLE;
+#ifdef GLSIM_ANALYSIS
+            analysis::barrier_released();
+#endif
             continue;
         }
         // Warp collectives: release a warp's waiting lanes once every lane of their masks waits.
@@ -186,6 +213,9 @@ static std::string run_block(unsigned nthreads) {
                 if (f->state == WAIT_WARP) { waiting |= 1u << l; wanted |= f->mask; }
             }
             if (!waiting || (wanted & present & ~waiting)) continue;
+#ifdef GLSIM_ANALYSIS
+            analysis::collective_released(w, waiting);
+#endif
             for (unsigned l = 0; l < 32; ++l)
                 if ((waiting >> l) & 1u) {
                     Fiber* f = R.fibers[w * 32 + l];
@@ -221,12 +251,12 @@ static std::string run_block(unsigned nthreads) {
     }
 }
 
-static void on_fault(int, siginfo_t* info, void*) {
+GLSIM_RT static void on_fault(int, siginfo_t* info, void*) {
     R.fault_addr = info->si_addr;
     siglongjmp(R.fault_env, 1);
 }
 
-static std::string describe_fault() {
+GLSIM_RT static std::string describe_fault() {
     const char* a = (const char*)R.fault_addr;
     char buf[512];
     char where[160];
@@ -269,7 +299,7 @@ static const unsigned char kCanary = 0xA5;
 // the end fault; writes before the start are caught by the leading canary). at_start != 0:
 // the array starts flush after the leading guard page (reads and writes before the start
 // fault; writes past the end are caught by the trailing canary).
-static void guard_arrays(void** args, int narrays, const int* arg_index, const unsigned long long* nbytes,
+GLSIM_RT static void guard_arrays(void** args, int narrays, const int* arg_index, const unsigned long long* nbytes,
                          int at_start) {
     for (int j = 0; j < narrays; ++j) {
         void** slot = (void**)args[arg_index[j]];
@@ -297,7 +327,7 @@ static void guard_arrays(void** args, int narrays, const int* arg_index, const u
     }
 }
 
-static std::string unguard_arrays(bool copy_back) {
+GLSIM_RT static std::string unguard_arrays(bool copy_back) {
     std::string err;
     for (Guarded& g : R.guarded) {
         const char* tail_guard = g.base + g.mapped - R.page;
@@ -319,7 +349,7 @@ static std::string unguard_arrays(bool copy_back) {
     return err;
 }
 
-static int launch(void (*body)(void*), void* ctx, const unsigned* grid, const unsigned* block,
+GLSIM_RT static int launch(void (*body)(void*), void* ctx, const unsigned* grid, const unsigned* block,
                   unsigned long long shared_bytes, void** args, int narrays, const int* arg_index,
                   const unsigned long long* nbytes, int guard_at_start, char* err, int errlen) {
     R.page = sysconf(_SC_PAGESIZE);
@@ -374,12 +404,21 @@ static int launch(void (*body)(void*), void* ctx, const unsigned* grid, const un
     sigaction(SIGBUS, &sa, &old_bus);
 
     std::string message;
+#ifdef GLSIM_ANALYSIS
+    guard_at_start = 1;  // arrays start page-aligned, as device allocations are 256-byte aligned
+#endif
     guard_arrays(args, narrays, arg_index, nbytes, guard_at_start);
+#ifdef GLSIM_ANALYSIS
+    analysis::launch_begin((unsigned)nthreads);
+#endif
     if (sigsetjmp(R.fault_env, 1) == 0) {
         for (unsigned bz = 0; bz < grid[2] && message.empty(); ++bz)
             for (unsigned by = 0; by < grid[1] && message.empty(); ++by)
                 for (unsigned bx = 0; bx < grid[0] && message.empty(); ++bx) {
                     block_idx = uint3{bx, by, bz};
+#ifdef GLSIM_ANALYSIS
+                    analysis::block_begin();
+#endif
                     message = run_block((unsigned)nthreads);
                 }
     } else {
@@ -389,6 +428,11 @@ static int launch(void (*body)(void*), void* ctx, const unsigned* grid, const un
     sigaction(SIGBUS, &old_bus, nullptr);
     sigaltstack(&old_ss, nullptr);
     if (!message.empty()) R.fibers_valid = false;  // fibers were abandoned mid-kernel
+#ifdef GLSIM_ANALYSIS
+    R.in_fiber = false;
+    const std::string found = analysis::launch_end();
+    if (message.empty()) message = found;
+#endif
     const std::string canary = unguard_arrays(true);
     if (message.empty()) message = canary;
     if (!message.empty()) return fail(message);
@@ -405,14 +449,42 @@ template <typename... A> struct KernelCall {
     static void run(void* self) { static_cast<KernelCall*>(self)->call(std::index_sequence_for<A...>{}); }
 };
 
+// Checks each argument against the kernel's parameter: an array for a pointer, a NumPy scalar
+// of the same size for a value (arg_sizes[i] = 0 for an array, else the scalar's byte size).
 template <typename... A>
-int launch_kernel(void (*kernel)(A...), int nargs, const unsigned* grid, const unsigned* block,
-                  unsigned long long shared_bytes, void** args, int narrays, const int* arg_index,
-                  const unsigned long long* nbytes, int guard_at_start, char* err, int errlen) {
+GLSIM_RT int check_arguments(const unsigned long long* arg_sizes, char* err, int errlen) {
+    const bool pointer[] = {false, std::is_pointer<typename std::decay<A>::type>::value...};
+    const unsigned long long size[] = {0, sizeof(typename std::decay<A>::type)...};
+    for (int i = 0; i < (int)sizeof...(A); ++i) {
+        if (pointer[i + 1] && arg_sizes[i] != 0) {
+            std::snprintf(err, errlen, "argument %d: the kernel takes a pointer (pass an array), a %llu-byte "
+                          "scalar was passed", i, arg_sizes[i]);
+            return 1;
+        }
+        if (!pointer[i + 1] && arg_sizes[i] != size[i + 1]) {
+            if (arg_sizes[i] == 0)
+                std::snprintf(err, errlen, "argument %d: the kernel takes a %llu-byte value, an array was passed",
+                              i, size[i + 1]);
+            else
+                std::snprintf(err, errlen, "argument %d: the kernel takes a %llu-byte value, a %llu-byte scalar "
+                              "was passed (use the NumPy scalar type of the exact C type)", i, size[i + 1],
+                              arg_sizes[i]);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+template <typename... A>
+GLSIM_RT int launch_kernel(void (*kernel)(A...), int nargs, const unsigned* grid, const unsigned* block,
+                           unsigned long long shared_bytes, void** args, const unsigned long long* arg_sizes,
+                           int narrays, const int* arg_index, const unsigned long long* nbytes, int guard_at_start,
+                           char* err, int errlen) {
     if (nargs != (int)sizeof...(A)) {
-        std::snprintf(err, errlen, "kernel takes %d arguments, %d were passed", (int)sizeof...(A), nargs);
+        std::snprintf(err, errlen, "the kernel takes %d arguments, %d were passed", (int)sizeof...(A), nargs);
         return 1;
     }
+    if (check_arguments<A...>(arg_sizes, err, errlen)) return 1;
     KernelCall<A...> call{kernel, args};
     return launch(&KernelCall<A...>::run, &call, grid, block, shared_bytes, args, narrays, arg_index, nbytes,
                   guard_at_start, err, errlen);

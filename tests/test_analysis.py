@@ -1,0 +1,163 @@
+"""The simulator's analysis mode classifies planted kernels (tests/sim_kernels/analysis_checks.cu)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gpulayers as gl
+import gpulayers.simulator as sim
+from gpulayers.simulator import analysis
+
+FILE = Path(__file__).parent / "sim_kernels" / "analysis_checks.cu"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def test_coalesced_copy_four_sectors_per_request(rng):
+    n = 1024
+    x, y = rng.standard_normal(n).astype(np.float32), np.zeros(n, np.float32)
+    r = sim.analyze(FILE, "coalesced_copy", n // 256, 256, [x, y, np.int32(n)])
+    assert np.array_equal(y, x)  # the arrays hold the results, as after a normal launch
+    assert (r.load_requests, r.load_sectors, r.load_ideal_sectors) == (n // 32, 4 * n // 32, 4 * n // 32)
+    assert (r.store_requests, r.store_sectors, r.store_ideal_sectors) == (n // 32, 4 * n // 32, 4 * n // 32)
+    assert (r.dram_read_bytes, r.dram_write_bytes) == (4 * n, 4 * n)
+    assert r.shared_requests == 0 and r.hazards == [] and r.hazard_count == 0
+
+
+def test_stride_32_copy_one_sector_per_lane(rng):
+    n = 256
+    x, y = rng.standard_normal(32 * n).astype(np.float32), np.zeros(n, np.float32)
+    r = sim.analyze(FILE, "strided_copy", 2, 128, [x, y, np.int32(n)])
+    assert np.array_equal(y, x[::32])
+    assert r.load_sectors == 32 * r.load_requests and r.load_ideal_sectors == 4 * r.load_requests
+    assert r.load_efficiency == 8.0 and r.store_efficiency == 1.0
+    assert r.dram_read_bytes == 32 * n  # one sector per element read, each counted once
+
+
+def test_broadcast_read_one_sector(rng):
+    x, y = rng.standard_normal(4).astype(np.float32), np.zeros(256, np.float32)
+    r = sim.analyze(FILE, "broadcast_read", 2, 128, [x, y, np.int32(256)])
+    assert (r.load_requests, r.load_sectors, r.load_ideal_sectors) == (8, 8, 8)
+    assert r.dram_read_bytes == 32
+
+
+def test_missing_syncthreads_is_a_shared_race(rng):
+    x, y = rng.standard_normal(256).astype(np.float32), np.zeros(256, np.float32)
+    r = sim.analyze(FILE, "reverse_missing_barrier", 2, 128, [x, y])
+    assert r.hazard_count > 0
+    h = r.hazards[0]
+    assert (h.kind, h.space) == ("RAW", "shared")
+    assert h.first_line.endswith("analysis_checks.cu:27") and h.second_line.endswith("analysis_checks.cu:28")
+    assert h.first_thread != h.second_thread and h.first_block == h.second_block
+    assert "tile" in h.address and "__syncthreads" in str(h)
+    fixed = sim.analyze(FILE, "reverse_with_barrier", 2, 128, [x, y])
+    assert fixed.hazard_count == 0 and np.array_equal(y, x.reshape(2, 128)[:, ::-1].ravel())
+
+
+@pytest.mark.parametrize("sync", [0, 1])
+def test_warp_synchronous_exchange_needs_syncwarp(rng, sync):
+    x, y = rng.standard_normal(32).astype(np.float32), np.zeros(32, np.float32)
+    r = sim.analyze(FILE, "warp_exchange", 1, 32, [x, y, np.int32(sync)])
+    if sync:
+        assert r.hazard_count == 0
+    else:  # lockstep is never assumed: the neighbour's write is unordered without __syncwarp
+        assert r.hazard_count == 32 and {h.kind for h in r.hazards} == {"RAW"}
+
+
+def test_bank_conflict_and_padded_fix(rng):
+    x, y = rng.standard_normal(1024).astype(np.float32), np.zeros(32, np.float32)
+    conflicted = sim.analyze(FILE, "column_read", 1, 32, [x, y, np.int32(0)])
+    np.testing.assert_allclose(y, x.reshape(32, 32).sum(1), rtol=1e-4, atol=1e-5)
+    # 32 row writes of 1 wavefront, then 32 column reads of 32 wavefronts each (all in bank 0)
+    assert (conflicted.shared_requests, conflicted.shared_wavefronts, conflicted.shared_ideal_wavefronts) == \
+        (64, 32 + 32 * 32, 64)
+    padded = sim.analyze(FILE, "column_read", 1, 32, [x, y, np.int32(1)])
+    assert (padded.shared_wavefronts, padded.shared_ideal_wavefronts) == (64, 64)
+    assert padded.bank_conflict_factor == 1.0 and conflicted.bank_conflict_factor == pytest.approx(1056 / 64)
+
+
+def test_wide_shared_accesses_are_served_per_half_and_quarter_warp(rng):
+    x, y = rng.standard_normal(64), np.zeros(32)
+    r = sim.analyze(FILE, "wide_shared", 1, 32, [x, y])
+    assert (r.shared_requests, r.shared_wavefronts, r.shared_ideal_wavefronts) == (4, 8, 8)
+
+
+def test_inter_block_write_write_conflict():
+    y = np.zeros(4, np.float32)
+    r = sim.analyze(FILE, "every_block_writes_one", 4, 32, [y])
+    assert r.hazard_count == 3 and r.hazards[0].kind == "WAW" and r.hazards[0].space == "global"
+    assert r.hazards[0].first_block != r.hazards[0].second_block
+    assert "argument 0, byte 0" in r.hazards[0].address
+
+
+def test_reading_what_another_block_writes():
+    r = sim.analyze(FILE, "read_neighbour_block", 4, 32, [np.zeros(128, np.float32)])
+    assert r.hazard_count == 3 and {(h.kind, h.space) for h in r.hazards} == {("RAW", "global")}
+
+
+def test_uninitialized_shared_read():
+    r = sim.analyze(FILE, "uninitialized_shared", 1, 64, [np.zeros(64, np.float32)])
+    assert r.hazard_count == 32 and r.hazards[0].kind == "uninitialized" and "scratch" in r.hazards[0].address
+    assert r.hazards[0].second_line.endswith("analysis_checks.cu:80")
+
+
+def test_lanes_with_different_trip_counts_are_not_merged_across_iterations(rng):
+    counts = np.array([1, 2, 3, 0] * 8, np.int32)
+    x, y = rng.standard_normal(128).astype(np.float32), np.zeros(32, np.float32)
+    r = sim.analyze(FILE, "ragged_loops", 1, 32, [x, counts, y])
+    expected = np.array([2 * x[lane + 32 * np.arange(c)].sum() for lane, c in enumerate(counts)], np.float32)
+    np.testing.assert_allclose(y, expected, rtol=1e-5)
+    # counts (1 request, 4 sectors), then per outer iteration 3 inner ones: iteration j has the
+    # lanes with count > j (24, 16, 8 of them), 4 sectors each; ideal 3, 2, 1.
+    assert (r.load_requests, r.load_sectors, r.load_ideal_sectors) == (1 + 2 * 3, 4 + 2 * 12, 4 + 2 * 6)
+
+
+def test_atomics_are_counted_and_exempt():
+    counter = np.zeros(1, np.uint32)
+    r = sim.analyze(FILE, "atomic_count", 2, 64, [counter])
+    assert counter[0] == 128 and r.atomic_requests == 4 and r.hazard_count == 0
+
+
+def test_bad_input_names_file_kernel_and_argument(tmp_path):
+    x = np.zeros(32, np.float32)
+    with pytest.raises(FileNotFoundError, match="nowhere.cu"):
+        sim.analyze(tmp_path / "nowhere.cu", "k", 1, 32, [x])
+    with pytest.raises(ValueError, match="no kernel named 'not_there'"):
+        sim.analyze(FILE, "not_there", 1, 32, [x])
+    broken = tmp_path / "broken.cu"
+    broken.write_text('extern "C" __global__ void broken(float* y) { y[0] = undefined_name; }\n')
+    with pytest.raises(sim.CompileError, match="broken.cu"):
+        sim.analyze(broken, "broken", 1, 32, [x])
+    with pytest.raises(sim.KernelError, match=r"coalesced_copy.*takes 3 arguments, 2 were passed"):
+        sim.analyze(FILE, "coalesced_copy", 1, 32, [x, x])
+    with pytest.raises(sim.KernelError, match=r"argument 2: the kernel takes a 4-byte value, a 8-byte scalar"):
+        sim.analyze(FILE, "coalesced_copy", 1, 32, [x, x, np.int64(32)])
+    with pytest.raises(sim.KernelError, match=r"argument 1: the kernel takes a pointer"):
+        sim.analyze(FILE, "coalesced_copy", 1, 32, [x, np.float32(1), np.int32(32)])
+
+
+def test_an_unseen_kernel_with_a_template(tmp_path, rng):
+    src = tmp_path / "saxpy.cu"
+    src.write_text("template <typename T> __global__ void saxpy(T a, const T* x, T* y, int n) {\n"
+                   "  int i = blockIdx.x * blockDim.x + threadIdx.x;\n"
+                   "  if (i < n) y[i] = a * x[i] + y[i];\n}\n")
+    x, y = rng.standard_normal(100), rng.standard_normal(100)
+    expected = 2 * x + y
+    r = sim.analyze(src, "saxpy<double>", 1, 128, [np.float64(2), x, y, np.int32(100)])
+    np.testing.assert_allclose(y, expected)
+    # 100 doubles: 4 warps (the last with 4 lanes), 8-byte lanes -> 8 sectors per full request
+    assert r.load_requests == 2 * 4 and r.load_sectors == 2 * (8 + 8 + 8 + 1)
+    assert r.dram_read_bytes == 2 * 800 and r.dram_write_bytes == 800
+
+
+def test_checking_fails_on_a_hazard_and_recording_collects_reports(rng):
+    x = rng.standard_normal((2, 9, 11, 5)).astype(np.float32)
+    with gl.simulate(), analysis.recording() as reports, analysis.checking():
+        layer = gl.MaxPooling2D(3, 2, "same")
+        y = layer(x)
+        layer.backward(np.ones_like(y))
+    assert [r.kernel for r in reports] == ["max_pool_forward<float, true>", "max_pool_backward<float, true>"]
+    assert all(r.hazard_count == 0 and r.load_requests > 0 for r in reports)
