@@ -129,3 +129,19 @@ def test_layer_classes_show_their_real_signature(name, expected):
     # every listed argument is accepted with its default
     kwargs = {p: v.default for p, v in sig.parameters.items() if v.default is not inspect.Parameter.empty}
     getattr(gl, name)(*([4] if name in ("GRU", "LSTM", "SimpleRNN") else []), **kwargs)
+
+
+REQUIRED = dict(units=4, filters=2, kernel_size=3, rate=0.5, activation="relu")
+
+
+@pytest.mark.parametrize("name", [n for n in gl.__all__ if inspect.isclass(getattr(gl, n))
+                                  and issubclass(getattr(gl, n), gl.Layer) and getattr(gl, n) is not gl.Layer])
+def test_every_layer_class_lists_its_arguments_and_takes_them(name):
+    cls = getattr(gl, name)
+    sig = inspect.signature(cls)
+    assert not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()), sig
+    assert {"name", "dtype"} <= set(sig.parameters), sig
+    args = {p: (REQUIRED[p] if p in REQUIRED else gl.GRU(2)) for p, v in sig.parameters.items()
+            if v.default is inspect.Parameter.empty}
+    kwargs = {p: v.default for p, v in sig.parameters.items() if v.default is not inspect.Parameter.empty}
+    cls(**args, **kwargs)

@@ -936,3 +936,6 @@ def rnn_backward_kernel(spec, saved, d_outputs, d_states):
         dxs = dxs[::-1]
     dx = xp.ascontiguousarray(xp.swapaxes(dxs, 0, 1)).astype(saved["dtype"])
     return dx, [dh] + ([dc] if dc is not None else []), grads
+
+
+with_signature(Bidirectional)  # inspect.signature lists every argument
