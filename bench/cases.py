@@ -69,6 +69,45 @@ def image_cases(big: bool) -> list[Case]:
     return cases
 
 
+def family_cases(big: bool) -> list[Case]:
+    """The other ranks and modes, float32, both layouts: 1D and 3D pooling, global max pooling,
+    3D nearest upsampling, batch norm in inference."""
+    s1, s3 = ((64, 12544, 64), (16, 32, 56, 56, 32)) if big else ((8, 3136, 32), (4, 16, 28, 28, 16))
+    s2 = (64, 112, 112, 64) if big else (8, 56, 56, 32)
+    cases = []
+    for layout in ("channels_last", "channels_first"):
+        def shape(s, layout=layout):
+            return s if layout == "channels_last" else (s[0], s[-1], *s[1:-1])
+        cases += [
+            Case("MaxPooling1D 3/2 same", "pooling", lambda lay=layout: gl.MaxPooling1D(3, 2, "same", data_format=lay),
+                 shape(s1), layout=layout,
+                 torch_fn=lambda torch, x: torch.nn.functional.max_pool1d(_torch_pad_same(torch, x, (3,), (2,)), 3, 2)),
+            Case("AveragePooling1D 2/2", "pooling", lambda lay=layout: gl.AveragePooling1D(2, data_format=lay),
+                 shape(s1), layout=layout, torch_fn=lambda torch, x: torch.nn.functional.avg_pool1d(x, 2, 2)),
+            Case("MaxPooling3D 2x2x2/2", "pooling", lambda lay=layout: gl.MaxPooling3D(2, data_format=lay),
+                 shape(s3), layout=layout, torch_fn=lambda torch, x: torch.nn.functional.max_pool3d(x, 2, 2)),
+            Case("AveragePooling3D 2x2x2/2", "pooling", lambda lay=layout: gl.AveragePooling3D(2, data_format=lay),
+                 shape(s3), layout=layout, torch_fn=lambda torch, x: torch.nn.functional.avg_pool3d(x, 2, 2)),
+            Case("GlobalMaxPooling2D", "pooling", lambda lay=layout: gl.GlobalMaxPooling2D(data_format=lay),
+                 shape(s2), layout=layout, torch_fn=lambda torch, x: x.amax((2, 3))),
+            Case("UpSampling3D nearest x2", "upsampling", lambda lay=layout: gl.UpSampling3D(2, data_format=lay),
+                 shape(s3), layout=layout,
+                 torch_fn=lambda torch, x: torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")),
+            Case("BatchNormalization inference", "batchnorm",
+                 lambda lay=layout: gl.BatchNormalization(axis=-1 if lay == "channels_last" else 1),
+                 shape(s2), layout=layout, call=dict(training=False), torch_fn=_torch_batchnorm_inference),
+        ]
+    return cases
+
+
+def _torch_batchnorm_inference(torch, x):
+    """F.batch_norm with the running statistics (inference), float32 weights."""
+    c = x.shape[1]
+    p = dict(device=x.device, dtype=x.dtype)
+    return torch.nn.functional.batch_norm(x, torch.zeros(c, **p), torch.ones(c, **p), torch.ones(c, **p),
+                                          torch.zeros(c, **p), training=False, eps=1e-3)
+
+
 def _torch_batchnorm(torch, x):
     """F.batch_norm in training mode; float32 statistics and weights (half input on CUDA mixes
     them natively; PyTorch's CPU kernel wants one dtype, so there they follow x)."""
@@ -163,4 +202,4 @@ def _torch_weighted(op, weight_shape, kwargs):
 
 
 def all_cases(big: bool) -> list[Case]:
-    return image_cases(big) + recurrent_cases(big) + training_cases(big)
+    return image_cases(big) + family_cases(big) + recurrent_cases(big) + training_cases(big)

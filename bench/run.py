@@ -1,16 +1,20 @@
 """Times every layer's forward and backward against PyTorch and the copy-bandwidth roofline.
 
-    python -m bench [--quick] [--filter pooling] [--cpu] [--out bench/results]
+    python -m bench [--quick] [--filter pooling] [--cpu] [--runs N] [--out FOLDER]
 
 GPU mode (a CUDA device with CuPy): our kernels timed with CUDA events (median of many runs
 after warm-up, rotating among input buffers that together exceed 200 MB so that the L2 cache
 does not flatter the numbers), PyTorch (cuDNN on, TF32 off) on the same shapes, and the
 device's copy bandwidth measured in the same run (a large device-to-device copy, bytes read
 plus written). CPU mode (no GPU, or --cpu): the NumPy reference against PyTorch's CPU
-kernels on smaller shapes. Every case reports our median, PyTorch's, the ratio, the minimal
+kernels on smaller shapes, one thread each (--threads), the fastest of the runs counting
+(on a shared machine other processes only add time). Every case reports our median, PyTorch's, the ratio, the minimal
 bytes the op must move (inputs read once, outputs written once), GB/s and the fraction of
-the copy bandwidth; recurrent layers also the time per step. Writes
-``bench/results/<device>-<yyyy-mm-dd>.json``.
+the copy bandwidth; recurrent layers also the time per step.
+
+Writes <device>-<yyyy-mm-dd>.json into bench/local/ (ignored by git, so an ad-hoc run never
+changes the checkout), or into the folder that --out names: --out bench/results for results
+meant to be committed and shown in the README by bench/report.py.
 """
 from __future__ import annotations
 
@@ -36,8 +40,10 @@ from gpulayers import kernels  # noqa: E402
 
 from bench.cases import all_cases  # noqa: E402
 
+LOCAL_RESULTS = ROOT / "bench" / "local"  # ad-hoc runs: ignored by git (bench/.gitignore)
 WORKING_SET = 200 * 2**20  # bytes the rotating buffers must exceed (the H100/H200 L2 is 50 MB)
-TARGET_FRACTION = 0.9  # memory-bound layers: fraction of copy bandwidth to reach on large shapes
+TARGET_FRACTION = 0.9
+CPU_CASE_TARGET, CPU_GEOMEAN_TARGET = 4.0, 2.0  # NumPy reference vs PyTorch CPU: each case, geometric mean  # memory-bound layers: fraction of copy bandwidth to reach on large shapes
 
 
 def _torch():
@@ -71,6 +77,8 @@ class GpuTimer:
 
 
 def cpu_timer(fn, runs, warmup=1):
+    """Fastest of the runs in milliseconds: on a shared CPU, other processes only ever add time,
+    so the minimum is the least disturbed measurement (ours and PyTorch's alike)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -78,7 +86,7 @@ def cpu_timer(fn, runs, warmup=1):
         t = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    return min(times)
 
 
 def copy_bandwidth(xp, timer, nbytes):
@@ -142,7 +150,7 @@ def torch_case(case, torch, timer, runs, device, k):
     def tensor(a):
         t = torch.from_numpy(a).to(device)
         if case.layout == "channels_last":  # our NHWC memory, PyTorch's NCHW logical order
-            t = t.permute(0, 3, 1, 2)
+            t = t.movedim(-1, 1)
         return t
     xs = [tensor(rng.standard_normal(shape).astype(case.dtype)).requires_grad_(True) for _ in range(k)]
     it = iter(range(10**9))
@@ -193,6 +201,20 @@ def python_overhead_us(xp, gpu, repeats=300):
     return out
 
 
+def limit_threads(threads, torch):
+    """One thread team size for PyTorch and for the BLAS under NumPy (threadpoolctl)."""
+    if torch is not None:
+        torch.set_num_threads(threads)
+    try:
+        import threadpoolctl
+
+        threadpoolctl.threadpool_limits(threads)
+        blas = f"NumPy's BLAS {threads}"
+    except ImportError:
+        blas = "NumPy's BLAS unlimited (pip install threadpoolctl)"
+    print(f"CPU threads: PyTorch {threads if torch is not None else '-'}, {blas}")
+
+
 def versions(torch, cp):
     info = {"python": platform.python_version(), "numpy": np.__version__, "gpulayers": gl.__version__,
             "cupy": getattr(cp, "__version__", None), "torch": getattr(torch, "__version__", None)}
@@ -223,8 +245,9 @@ def verdict(row, gpu):
     if "torch_forward_ms" in row:
         theirs = row["torch_forward_ms"] + row["torch_backward_ms"]
         row["ratio_vs_torch"] = ours / theirs
-        if not gpu:  # CPU mode times the NumPy reference: the targets are the GPU kernels'
-            pass
+        if not gpu:  # CPU mode times the NumPy reference: within 4x of PyTorch's CPU kernels per case
+            if ours > CPU_CASE_TARGET * theirs:
+                misses.append(f"over {CPU_CASE_TARGET:g}x PyTorch CPU")
         elif row["layer"] == "recurrent":
             need = 0.5 if row["shape"][0] <= 8 else 1.0
             if ours > need * theirs:
@@ -241,15 +264,25 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few cases (under 2 minutes on one GPU)")
-    parser.add_argument("--filter", default="", help="only cases whose layer or name contains this")
-    parser.add_argument("--cpu", action="store_true", help="CPU mode even when a GPU is present")
-    parser.add_argument("--runs", type=int, default=None, help="timed runs per measurement")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder of the results JSON")
+    parser.add_argument("--filter", default="", help="only cases whose layer or name contains this text")
+    parser.add_argument("--cpu", action="store_true", help="CPU mode (the NumPy reference) even when a GPU is present")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="timed runs per measurement, of which the median counts (default 50 on a GPU, 5 on the CPU)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU mode: threads for PyTorch and for NumPy's BLAS (default 1: one core each, as "
+                             "NumPy's element-wise code, and a busy machine cannot stall a thread team; "
+                             "0 keeps the libraries' own defaults)")
+    parser.add_argument("--out", default=str(LOCAL_RESULTS),
+                        help="folder of the results JSON (default bench/local, ignored by git; "
+                             "bench/results for results to commit)")
     args = parser.parse_args(argv)
 
     cp = kernels.cupy_module()
     gpu = kernels.gpu_available() and not args.cpu
     torch = _torch()
+    if torch is None:
+        print('PyTorch is not installed, so there is no baseline to compare with: install it with '
+              'pip install ".[bench]" (the torch columns below stay empty)')
     if gpu:
         xp, timer, tdev = cp, GpuTimer(cp), "cuda"
         if torch is not None:
@@ -258,6 +291,9 @@ def main(argv=None) -> int:
             torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch is timed with the same CUDA events
     else:
         xp, timer, tdev = np, cpu_timer, "cpu"
+    threads = None if gpu else (1 if args.threads is None else args.threads)
+    if threads:
+        limit_threads(threads, torch)
     cases = [c for c in all_cases(big=gpu) if (c.quick or not args.quick)
              and (args.filter.lower() in c.layer.lower() or args.filter.lower() in c.name.lower())]
     runs = args.runs or (50 if gpu else 5)
@@ -281,14 +317,22 @@ def main(argv=None) -> int:
         frac = (f"{row['forward_fraction']:5.0%}/{row['backward_fraction']:5.0%}" if "forward_fraction" in row
                 else f"{'-':>11}")
         print(f"{case.label()[:58]:58} {row['ours_forward_ms']:8.3f}/{row['ours_backward_ms']:8.3f} {theirs} {ratio} "
-              f"{gbps:>15} {frac:>11}  {'MISS: ' + '; '.join(row['misses']) if row['misses'] else ('ok' if gpu else 'n/a (cpu)')}")
+              f"{gbps:>15} {frac:>11}  {'MISS: ' + '; '.join(row['misses']) if row['misses'] else ('ok' if 'ratio_vs_torch' in row or gpu else 'n/a')}")
+    ratios = [r["ratio_vs_torch"] for r in rows if "ratio_vs_torch" in r]
+    geomean = float(np.exp(np.mean(np.log(ratios)))) if ratios else None
+    if geomean is not None:
+        target = f" (target <= {CPU_GEOMEAN_TARGET:g}; each case <= {CPU_CASE_TARGET:g})" if not gpu else ""
+        print(f"ours / PyTorch: geometric mean {geomean:.2f}, worst {max(ratios):.2f}{target}")
     overhead = python_overhead_us(xp, gpu)
     print(f"python overhead per forward+backward call on a tiny input ({'GPU' if gpu else 'launches stubbed'}): "
           + ", ".join(f"{k} {v:.0f} us" for k, v in overhead.items()))
     name = device_name(gpu, cp)
     result = {"device": name, "mode": "gpu" if gpu else "cpu", "date": datetime.date.today().isoformat(),
-              "quick": args.quick, "filter": args.filter, "runs": runs, "versions": versions(torch, cp),
-              "copy_bandwidth_gbps": bw, "python_overhead_us": overhead, "cases": rows}
+              "quick": args.quick, "filter": args.filter, "runs": runs, "cpu_threads": threads,
+              "statistic": "median" if gpu else "min",
+              "versions": versions(torch, cp),
+              "copy_bandwidth_gbps": bw, "python_overhead_us": overhead, "geomean_ratio_vs_torch": geomean,
+              "cases": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()

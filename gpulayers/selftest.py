@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import textwrap
 
 import numpy as np
 
@@ -105,8 +106,25 @@ def path_name():
         return None
 
 
+WIDTH = 100  # the table fits this many columns
+PATHS = {"gpu": "kernels on the GPU", "simulator": "kernels on the simulator", None: "NumPy path only"}
+
+
+def _case_line(layer_name, kw, call_kw, shape):
+    """``Layer  arg=value, ...  input 2x17x19x6``, wrapped at word boundaries to WIDTH columns."""
+    shown = {k: ("<mask>" if isinstance(v, np.ndarray) else v) for k, v in {**kw, **call_kw}.items() if k != "seed"}
+    config = ", ".join(f"{k}={v}".replace("data_format=channels_", "")
+                       for k, v in shown.items())
+    text = f"{layer_name}  {config}  input {'x'.join(map(str, shape))}"
+    return textwrap.wrap(text, WIDTH, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)
+
+
+def _row(dtype, check, max_abs, max_rel, ok):
+    return f"  {np.dtype(dtype).name:8} {check:26} {max_abs:10.2e} {max_rel:10.2e}  {'ok' if ok else 'MISMATCH'}"
+
+
 def run(out=print, seed=0) -> int:
-    """Prints one row per case; returns the number of mismatches."""
+    """Prints a case line per layer configuration and a row per check; returns the number of mismatches."""
     rng = np.random.default_rng(seed)
     path = path_name()
     if path == "gpu":
@@ -117,21 +135,23 @@ def run(out=print, seed=0) -> int:
     else:
         out("no GPU and no C++ compiler: kernels were NOT executed; checking the NumPy path and "
             "NVRTC compilation only")
-    header = f"{'layer':24} {'config':58} {'dtype':8} {'path':10} {'pass':27} {'max abs':>10} {'max rel':>10}  ok"
+    header = f"  {'dtype':8} {'check':26} {'max abs':>10} {'max rel':>10}  result"
     out(header)
-    out("-" * len(header))
-    failures = 0
+    out("-" * WIDTH)
+    failures = checks = 0
     for cls, kw, shape, *call in cases():
         call_kw = call[0] if call else {}
+        lines = None
         for dtype in DTYPES:
             x = rng.standard_normal(shape).astype(dtype)
             ref_layer = cls(**kw)
             y_ref = ref_layer(x, **call_kw)
             dy = rng.standard_normal(y_ref.shape).astype(dtype)
             dx_ref = ref_layer.backward(dy)
-            shown = {**kw, **{k: ("<mask>" if isinstance(v, np.ndarray) else v) for k, v in call_kw.items()}}
-            config = ", ".join(f"{k}={v}" for k, v in shown.items() if k != "seed") + f", x={shape}"
-            config = config.replace("data_format=", "").replace("channels_", "")
+            if lines is None:
+                lines = _case_line(type(ref_layer).__name__, kw, call_kw, shape)
+                for line in lines:
+                    out(line)
             if path is None:
                 rows = [("forward", *testing.compare(y_ref, y_ref)[:3])]
             else:
@@ -157,18 +177,19 @@ def run(out=print, seed=0) -> int:
                 rows += [(f"d {k}", *testing.compare(layer.grads[k], ref_layer.grads[k], wtol, normwise=summed)[:3])
                          for k in sorted(ref_layer.grads)]
             for name, ok, max_abs, max_rel in rows:
+                checks += 1
                 failures += not ok
-                out(f"{type(ref_layer).__name__:24} {config[:58]:58} {np.dtype(dtype).name:8} {path or 'numpy':10} "
-                    f"{name:27} {max_abs:10.2e} {max_rel:10.2e}  {'ok' if ok else 'MISMATCH'}")
+                out(_row(dtype, name, max_abs, max_rel, ok))
     if path is None:
         for source in kernels.declared():
             for dtype in DTYPES:
                 for arch in ("sm_80", "sm_90"):
+                    checks += 1
                     try:
                         kernels.nvrtc_compile(source, dtype, arch)
                         out(f"compiled cuda/{source} for {np.dtype(dtype).name} on {arch}: ok")
                     except Exception as e:  # report and count, keep going
                         failures += 1
                         out(f"compiled cuda/{source} for {np.dtype(dtype).name} on {arch}: FAILED {e}")
-    out(f"{'all cases match' if not failures else f'{failures} mismatches'} ({path or 'numpy only'})")
+    out(f"{checks} checks, {failures} mismatch{'es' if failures != 1 else ''}, {PATHS[path]}")
     return failures

@@ -220,10 +220,9 @@ def test_dynamic_shared_memory_past_the_launch_size_and_reads_past_an_array():
 def test_lanes_skipping_a_branch_never_merge_two_iterations(rng):
     x, y = rng.standard_normal(128).astype(np.float32), np.zeros(128, np.float32)
     r = sim.analyze(FILE, "branch_in_loop", 1, 32, [x, y])
-    # Each request reads one iteration's 128 bytes (4 sectors): iterations are never merged.
-    # The host compiler places this loop's latch before the store's block, so the lanes that
-    # skip the store may run ahead into the next iteration and split its load (the documented
-    # limit of lowest-address-first reconvergence): between 4 and 8 requests, never fewer.
+    # Each request reads one iteration's 128 bytes (4 sectors): iterations are not merged. The
+    # lanes that skip the store run on to the next iteration's load and split it (the
+    # documented limit of lowest-address-first reconvergence): between 4 and 8 requests.
     assert r.load_sectors == 4 * r.load_requests and 4 <= r.load_requests <= 8 and r.load_ideal_sectors == 16
     assert r.store_requests == 4
     np.testing.assert_allclose(y.reshape(4, 32)[:, 1::2], np.cumsum(x.reshape(4, 32), axis=0)[:, 1::2], rtol=1e-6)

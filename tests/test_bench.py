@@ -33,3 +33,21 @@ def test_report_renders_a_results_table(tmp_path):
                          "misses": ["below 90% of copy bandwidth"]}]}
     text = report.table(result)
     assert "| MaxPooling2D a | 1.000 / 2.000 | 2.000 / 2.000 | 0.75 | 95% / 50% | missed: below 90%" in text
+
+
+def test_report_states_the_cpu_targets_and_the_geometric_mean():
+    sys.path.insert(0, str(ROOT))
+    from bench import report
+
+    def case(name, ours, theirs):
+        return {"case": name, "ours_forward_ms": ours, "ours_backward_ms": ours, "torch_forward_ms": theirs,
+                "torch_backward_ms": theirs, "ratio_vs_torch": ours / theirs, "forward_fraction": 0.5,
+                "backward_fraction": 0.5, "misses": ["over 4x PyTorch CPU"] if ours > 4 * theirs else []}
+    result = {"device": "cpu test", "mode": "cpu", "date": "2026-01-01", "quick": False, "runs": 7,
+              "statistic": "min", "cpu_threads": 1, "copy_bandwidth_gbps": 10.0, "versions": {"numpy": "x"},
+              "python_overhead_us": {"GRU": 5.0}, "cases": [case("A", 1.0, 2.0), case("B", 9.0, 1.0)]}
+    text = report.table(result)
+    assert "1 thread(s) for PyTorch and NumPy's BLAS; min of 7 runs" in text
+    assert "| A | 1.000 / 1.000 | 2.000 / 2.000 | 0.50 | 50% / 50% | met |" in text
+    assert "| B | 9.000 / 9.000 | 1.000 / 1.000 | 9.00 | 50% / 50% | missed: over 4x PyTorch CPU |" in text
+    assert "geometric mean **2.12** over 2 cases, worst 9.00 (B)" in text  # sqrt(0.5 * 9)

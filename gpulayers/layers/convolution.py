@@ -25,6 +25,7 @@ import functools
 import numpy as np
 
 from .. import kernels, validation
+from ._signature import with_signature
 from .base import Layer
 from .core import acc_dtype, activation_backward, activation_forward, activation_name, initializer, make_weight, \
     positive_int
@@ -491,3 +492,8 @@ class Conv2DTranspose(_Conv):
         super().__init__(filters, kernel_size, strides=strides, padding=padding, output_padding=output_padding,
                          data_format=data_format, dilation_rate=dilation_rate, activation=activation,
                          use_bias=use_bias, **kwargs)
+
+
+# inspect.signature lists every argument (Keras's Conv2D has no output_padding, its transpose no groups)
+with_signature(Conv2D, exclude=("output_padding",))
+with_signature(Conv2DTranspose, exclude=("groups",))

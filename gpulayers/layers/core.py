@@ -17,6 +17,7 @@ import numbers
 import numpy as np
 
 from .. import kernels, validation
+from ._signature import with_signature
 from .base import Layer
 
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "silu")
@@ -367,3 +368,7 @@ class Dense(Layer):
         if self.use_bias:
             self.grads["bias"] = g.sum(axis=0)
         return (g @ kernel.T).astype(dy.dtype, copy=False).reshape(x.shape)
+
+
+for _cls in (Dense, Activation, Flatten, Dropout):  # inspect.signature lists every argument
+    with_signature(_cls)

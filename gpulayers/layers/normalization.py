@@ -1,8 +1,8 @@
 """BatchNormalization (Keras 3), training and inference, forward and backward.
 
 - NumPy reference (``batch_norm_statistics``, ``batch_norm_forward``,
-  ``batch_norm_backward``): vectorised, two-pass statistics in float32 (float64 for
-  float64 inputs).
+  ``batch_norm_backward``): vectorised; every per-channel sum accumulates in float64, and
+  the variance is taken about the mean (two passes), so a large mean costs no accuracy.
 - Kernel path: per-channel reductions from ``cuda/batchnorm.cu`` (the reduced extent split
   across blocks, partials merged in a fixed order), and the element-wise steps as
   ``cupy.ElementwiseKernel`` snippets (run by the simulator on NumPy arrays).
@@ -20,6 +20,8 @@ import numbers
 import numpy as np
 
 from .. import kernels, validation
+from ._float16 import narrow, widen
+from ._signature import with_signature
 from .base import Layer
 
 SOURCE = "batchnorm.cu"
@@ -62,45 +64,129 @@ def _broadcast_shape(shape, axes):
 
 # ----------------------------------------------------------------------------- NumPy reference
 
+SUM_BLOCK = 1024  # values summed in the input's float type before the sums go on in float64
+
+
+def _channel_sums(v, red):
+    """Sums of v over the axes ``red`` (keepdims), as float64.
+
+    Blocks of at most SUM_BLOCK values are summed in v's float type by a matrix-vector
+    product (BLAS), and the block sums are added in float64: the error is that of a
+    SUM_BLOCK-term sum, however many values there are.
+    """
+    keep = tuple(a for a in range(v.ndim) if a not in red)
+    out_shape = tuple(1 if a in red else n for a, n in enumerate(v.shape))
+    if not keep or keep != tuple(range(keep[0], keep[-1] + 1)) or v.size == 0:
+        return v.sum(axis=red, keepdims=True, dtype=np.float64)
+    v = np.ascontiguousarray(v)
+    r1, c = math.prod(v.shape[:keep[0]]), math.prod(v.shape[keep[0]:keep[-1] + 1])
+    r2 = math.prod(v.shape[keep[-1] + 1:])
+    if r2 == 1:  # (R1, C): blocks of rows
+        rows = v.reshape(r1, c)
+        k = r1 // SUM_BLOCK
+        total = np.zeros(c, np.float64)
+        if k:
+            total += (np.ones(SUM_BLOCK, v.dtype) @ rows[:k * SUM_BLOCK].reshape(k, SUM_BLOCK, c)).sum(
+                0, dtype=np.float64)
+        if r1 > k * SUM_BLOCK:
+            total += np.ones(r1 - k * SUM_BLOCK, v.dtype) @ rows[k * SUM_BLOCK:]
+    else:  # (R1, C, R2): blocks of each row's R2 values
+        planes = v.reshape(r1, c, r2)
+        k = r2 // SUM_BLOCK
+        total = np.zeros(c, np.float64)
+        if k:
+            blocks = planes[:, :, :k * SUM_BLOCK].reshape(r1, c, k, SUM_BLOCK) @ np.ones(SUM_BLOCK, v.dtype)
+            total += blocks.sum(axis=(0, 2), dtype=np.float64)
+        if r2 > k * SUM_BLOCK:
+            total += (planes[:, :, k * SUM_BLOCK:] @ np.ones(r2 - k * SUM_BLOCK, v.dtype)).sum(0, dtype=np.float64)
+    return total.reshape(out_shape)
+
+
 def batch_norm_statistics(x, axes):
-    """Per-channel (mean, biased variance) over every axis not in ``axes``, two passes."""
+    """Per-channel (mean, biased variance) over every axis not in ``axes``.
+
+    Two passes: a first mean, then the mean and variance of the differences from it (so a
+    large mean costs no digits of the variance), every sum finished in float64 (see
+    ``_channel_sums``). Returned in float32 (float64 for float64 inputs). A channel holding
+    inf or NaN gets NaN mean and variance; a variance beyond the float32 range is inf.
+    """
     acc = _acc_dtype(x.dtype)
     red = _reduced_axes(x.ndim, axes)
-    xa = x.astype(acc)
-    mean = xa.mean(axis=red, keepdims=True)
-    var = np.square(xa - mean).mean(axis=red, keepdims=True)
+    xw = widen(x)
+    m = x.size // max(1, math.prod(x.shape[a] for a in axes))
+    with np.errstate(invalid="ignore", over="ignore"):
+        first = _channel_sums(xw, red) / m
+        if not np.isfinite(first).all():  # block sums overflowed (values near the limit), or inf/NaN data
+            first = xw.sum(axis=red, keepdims=True, dtype=np.float64) / m
+        finite = np.isfinite(first)
+        for work in (xw.dtype, np.dtype(np.float64)):  # float64 when float32 differences or squares overflow
+            base = first.astype(work)
+            xv, per_channel = _elementwise_view(xw.astype(work, copy=False), axes)
+            d = (xv - per_channel(base)).reshape(x.shape)  # small, and exact while within a factor 2
+            shift = _channel_sums(d, red) / m  # what the first mean missed
+            np.square(d, out=d)
+            square = _channel_sums(d, red) / m
+            if np.isfinite(shift[finite]).all() and np.isfinite(square[finite]).all():
+                break
+        var = np.maximum(square - np.square(shift), 0)
+        var[np.isnan(shift)] = np.nan  # inf - inf in the data
+        mean = base.astype(np.float64) + shift
+    mean[np.isnan(var)] = np.nan  # a channel holding inf or NaN: NaN statistics, as a running (Welford) merge
     param_shape = tuple(x.shape[a] for a in axes)
-    return mean.reshape(param_shape), var.reshape(param_shape)
+    return mean.reshape(param_shape).astype(acc), var.reshape(param_shape).astype(acc)
+
+
+def _elementwise_view(x, axes):
+    """(x as an array for per-channel element-wise math, per-channel vector -> broadcastable).
+
+    When the channel axes are the last ones (channels_last) and x is contiguous, x is viewed as
+    rows of several whole channel vectors, so that NumPy's inner loops run long, not C short.
+    """
+    b = _broadcast_shape(x.shape, axes)
+    c = math.prod(x.shape[a] for a in axes)
+    last = tuple(range(x.ndim - len(axes), x.ndim)) == tuple(axes)
+    if not last or not x.flags.c_contiguous or c >= 1024 or x.size == 0:
+        return x, lambda v: v.reshape(b)
+    rows = x.size // c
+    k = max((d for d in range(1, min(rows, 4096 // c) + 1) if rows % d == 0), default=1)
+    return x.reshape(rows // k, k * c), lambda v: np.tile(v.reshape(-1), k)
 
 
 def batch_norm_forward(x, mean, var, gamma, beta, epsilon, axes):
     """(x - mean) / sqrt(var + epsilon) * gamma + beta; per-channel arrays of the param shape."""
     acc = _acc_dtype(x.dtype)
-    b = _broadcast_shape(x.shape, axes)
     inv_std = 1 / np.sqrt(var.astype(acc) + acc.type(epsilon))
-    y = (x.astype(acc) - mean.reshape(b)) * inv_std.reshape(b) * gamma.reshape(b) + beta.reshape(b)
-    return y.astype(x.dtype)
+    xv, per_channel = _elementwise_view(widen(x), axes)
+    y = xv - per_channel(mean.astype(acc))  # a new array in the accumulate type
+    y *= per_channel(inv_std * gamma.astype(acc))
+    y += per_channel(beta.astype(acc))
+    return narrow(y.reshape(x.shape), x.dtype)
 
 
 def batch_norm_backward(x, dy, mean, inv_std, gamma, axes, training):
     """(dx, d gamma, d beta), with inv_std = 1 / sqrt(var + epsilon). ``training``: mean and
     inv_std come from the batch statistics of x and the gradient flows through them;
-    otherwise they are constants (the moving statistics)."""
+    otherwise they are constants (the moving statistics). The sums are finished in float64."""
     acc = _acc_dtype(x.dtype)
     red = _reduced_axes(x.ndim, axes)
-    b = _broadcast_shape(x.shape, axes)
-    inv_std = inv_std.astype(acc).reshape(b)
-    g = dy.astype(acc)
-    xhat = (x.astype(acc) - mean.reshape(b)) * inv_std
-    dbeta = g.sum(axis=red, keepdims=True)
-    dgamma = (g * xhat).sum(axis=red, keepdims=True)
-    if training:
-        m = x.size // int(np.prod([x.shape[a] for a in axes]))
-        dx = gamma.reshape(b) * inv_std * (g - dbeta / m - xhat * dgamma / m)
-    else:
-        dx = g * gamma.reshape(b) * inv_std
     shape = tuple(x.shape[a] for a in axes)
-    return dx.astype(x.dtype), dgamma.reshape(shape), dbeta.reshape(shape)
+    inv_std, gamma = inv_std.astype(acc).reshape(shape), gamma.astype(acc).reshape(shape)
+    xv, per_channel = _elementwise_view(widen(x), axes)
+    gv = widen(dy).reshape(xv.shape)
+    d = xv - per_channel(mean.astype(acc))  # x - mean; xhat = d * inv_std
+    dbeta = _channel_sums(gv.reshape(x.shape), red).reshape(shape)
+    dgamma = _channel_sums((gv * d).reshape(x.shape), red).reshape(shape) * inv_std
+    k = gamma * inv_std
+    if training:
+        m = x.size // math.prod(shape)
+        # dx = k * (g - dbeta / m - xhat * dgamma / m), one pass per term
+        d *= per_channel((-k * inv_std * dgamma / m).astype(acc))
+        d += gv * per_channel(k)
+        d -= per_channel((k * dbeta / m).astype(acc))
+        dx = d
+    else:
+        dx = gv * per_channel(k)
+    return narrow(dx.reshape(x.shape), x.dtype), dgamma.astype(acc), dbeta.astype(acc)
 
 
 # ----------------------------------------------------------------------------- kernel path
@@ -351,3 +437,6 @@ class BatchNormalization(Layer):
         if self.center:
             self.grads["beta"] = sum_dy.astype(self.params["beta"].dtype, copy=False)
         return dx
+
+
+with_signature(BatchNormalization)  # inspect.signature lists every argument (dtype, seed, ...)

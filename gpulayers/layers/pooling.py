@@ -17,9 +17,11 @@ import functools
 import math
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import kernels, validation
+from ._float16 import narrow as _cast
+from ._float16 import widen as _work
+from ._signature import with_signature
 from .base import Layer
 
 SOURCE = "pooling.cu"
@@ -68,27 +70,69 @@ def _from_channels_last(x, data_format):
     return np.moveaxis(x, -1, 1) if data_format == "channels_first" else x
 
 
-def _padded_windows(xcl, pool_size, strides, out, pad_before, fill):
-    """Windows (N, *out, C, prod(pool)) of channels-last xcl padded with ``fill``."""
-    k = len(pool_size)
-    pad_after = [max((o - 1) * s + p - n - b, 0)
-                 for o, s, p, n, b in zip(out, strides, pool_size, xcl.shape[1:-1], pad_before)]
-    padded = np.pad(xcl, [(0, 0)] + list(zip(pad_before, pad_after)) + [(0, 0)], constant_values=fill)
-    win = sliding_window_view(padded, pool_size, axis=tuple(range(1, k + 1)))
-    win = win[(slice(None),) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out, strides))]
-    return win.reshape(win.shape[: k + 2] + (-1,))
+def _spatial_axes(ndim, data_format):
+    return tuple(range(2, ndim)) if data_format == "channels_first" else tuple(range(1, ndim - 1))
 
 
-def _scatter_windows(values_per_offset, in_shape_cl, pool_size, strides, out, pad_before, dtype):
-    """Sum, into a channels-last array of in_shape_cl, values_per_offset(j) placed at window cell j."""
-    padded_sizes = [max((o - 1) * s + p, n + b) for o, s, p, n, b in
-                    zip(out, strides, pool_size, in_shape_cl[1:-1], pad_before)]
-    grad = np.zeros((in_shape_cl[0], *padded_sizes, in_shape_cl[-1]), dtype)
-    for j, cell in enumerate(np.ndindex(*pool_size)):  # loop over window cells, not outputs
-        sl = tuple(slice(c, c + (o - 1) * s + 1, s) for c, o, s in zip(cell, out, strides))
-        grad[(slice(None),) + sl] += values_per_offset(j)
-    crop = tuple(slice(b, b + n) for b, n in zip(pad_before, in_shape_cl[1:-1]))
-    return grad[(slice(None),) + crop]
+def _out_shape(shape, axes, out):
+    shape = list(shape)
+    for axis, o in zip(axes, out):
+        shape[axis] = o
+    return tuple(shape)
+
+
+def _cell_slices(ndim, axes, in_sizes, out, pool_size, strides, pad_before):
+    """Per window cell, in row-major order: (cell index, output slices, input slices).
+
+    Output o reads input i = o * stride + cell - pad_before along each axis; the output
+    slices keep only the outputs for which that input is real (not padding), and cells that
+    no output reads as a real cell are skipped. Nothing of window size is ever allocated.
+    """
+    for j, cell in enumerate(np.ndindex(*pool_size)):
+        out_idx, in_idx = [slice(None)] * ndim, [slice(None)] * ndim
+        for axis, n, o, s, b, c in zip(axes, in_sizes, out, strides, pad_before, cell):
+            lo = max(0, -(-(b - c) // s))  # first output whose cell c is real: ceil((b - c) / s)
+            hi = min(o, (n - 1 + b - c) // s + 1)  # one past the last
+            if hi <= lo:
+                break
+            start = lo * s + c - b
+            out_idx[axis] = slice(lo, hi)
+            in_idx[axis] = slice(start, start + (hi - lo - 1) * s + 1, s)
+        else:
+            yield j, tuple(out_idx), tuple(in_idx)
+
+
+def _real_counts(ndim, axes, in_sizes, out, pool_size, strides, pad_before, dtype):
+    """Real (unpadded) cells per window, broadcastable against the output."""
+    count = np.ones((1,) * ndim, dtype)
+    for axis, n, o, k, s, b in zip(axes, in_sizes, out, pool_size, strides, pad_before):
+        start = np.arange(o) * s - b
+        along = (np.minimum(start + k, n) - np.maximum(start, 0)).astype(dtype)
+        shape = [1] * ndim
+        shape[axis] = o
+        count = count * along.reshape(shape)
+    return count
+
+
+def _half_keys(h):
+    """int16 keys ordered as the float16 values of h (-0 and +0 share key 0), or None if h
+    holds a NaN. Lets max pooling compare float16 exactly without converting it."""
+    v = h.view(np.int16)
+    m = v & np.int16(0x7FFF)  # magnitude bits
+    if (m > 0x7C00).any():
+        return None
+    s = v >> 15  # 0 for +, -1 for -
+    m ^= s
+    m -= s  # two's complement negation of the negative ones
+    return m
+
+
+def _half_from_keys(k):
+    s = k >> 15
+    m = k ^ s
+    m -= s  # |key|: the magnitude bits
+    m |= s & np.int16(-0x8000)  # the sign bit
+    return m.view(np.float16)
 
 
 def _check_geometry(layer, x_shape, pool_size, strides, padding, data_format, on_kernels=False):
@@ -114,59 +158,118 @@ def _normalize(pool_size, strides, padding, data_format, k, layer="pooling"):
 
 # ----------------------------------------------------------------------------- NumPy reference
 
+def _geometry(x_shape, pool_size, strides, padding, data_format):
+    """(spatial axes, input sizes, output sizes, padding before) of a windowed pooling."""
+    axes = _spatial_axes(len(x_shape), data_format)
+    in_sizes = tuple(x_shape[a] for a in axes)
+    out, pads = pool_geometry(in_sizes, pool_size, strides, padding)
+    return axes, in_sizes, out, pads
+
+
 def max_pool_forward(x, pool_size, strides=None, padding="valid", data_format="channels_last"):
-    """Max pooling of x (N, *spatial, C) or (N, C, *spatial) with -inf padding."""
+    """Max pooling of x (N, *spatial, C) or (N, C, *spatial) with -inf padding.
+
+    A running maximum over the window cells (one whole-array ``np.maximum`` per cell, padded
+    cells skipped); NaN propagates, so a window holding a NaN gives NaN.
+    """
     k = x.ndim - 2
     pool_size, strides, padding, data_format = _normalize(pool_size, strides, padding, data_format, k)
-    y, _ = _max_pool_argmax(x, pool_size, strides, padding, data_format)
+    keys = _half_keys(x) if x.dtype == np.float16 else None
+    if keys is not None:  # float16 without NaN: the same running maximum on order-preserving keys
+        return _half_from_keys(_max_pool_values(keys, pool_size, strides, padding, data_format))
+    return _cast(_max_pool_values(_work(x), pool_size, strides, padding, data_format), x.dtype)
+
+
+def _max_pool_values(xw, pool_size, strides, padding, data_format):
+    axes, in_sizes, out, pads = _geometry(xw.shape, pool_size, strides, padding, data_format)
+    lowest = -np.inf if xw.dtype.kind == "f" else np.iinfo(xw.dtype).min
+    y = np.full(_out_shape(xw.shape, axes, out), lowest, xw.dtype)
+    for _, o, i in _cell_slices(xw.ndim, axes, in_sizes, out, pool_size, strides, pads):
+        np.maximum(y[o], xw[i], out=y[o])
     return y
 
 
-def _max_pool_argmax(x, pool_size, strides, padding, data_format):
-    """(y, window offset of the first maximum) in channels-last order for the offsets."""
-    acc = _acc_dtype(x.dtype)
-    xcl = _to_channels_last(x, data_format).astype(acc)
-    out, pads = pool_geometry(xcl.shape[1:-1], pool_size, strides, padding)
-    win = _padded_windows(xcl, pool_size, strides, out, pads, -np.inf)
-    idx = np.argmax(win, axis=-1)  # first maximum; NaN counts as the maximum
-    # A padding cell wins only if every real cell is -inf: take the first real cell instead.
-    real = _padded_windows(np.ones(xcl.shape, bool), pool_size, strides, out, pads, False)
-    chosen_real = np.take_along_axis(real, idx[..., None], -1)[..., 0]
-    idx = np.where(chosen_real, idx, np.argmax(real, axis=-1))
-    y = np.take_along_axis(win, idx[..., None], -1)[..., 0]
-    return _from_channels_last(y, data_format).astype(x.dtype), idx
-
-
 def max_pool_backward(x, dy, pool_size, strides=None, padding="valid", data_format="channels_last"):
-    """d(loss)/dx of max pooling: each window's gradient goes to its first maximum."""
+    """d(loss)/dx of max pooling: each window's gradient goes to its first maximum.
+
+    "First" is row-major window order; NaN counts as the maximum (the first NaN wins); a
+    window whose real cells are all -inf sends its gradient to its first real cell.
+    """
     k = x.ndim - 2
     pool_size, strides, padding, data_format = _normalize(pool_size, strides, padding, data_format, k)
     acc = _acc_dtype(x.dtype)
-    _, idx = _max_pool_argmax(x, pool_size, strides, padding, data_format)
-    dycl = _to_channels_last(dy, data_format).astype(acc)
-    out = dycl.shape[1:-1]
-    _, pads = pool_geometry(_to_channels_last(x, data_format).shape[1:-1], pool_size, strides, padding)
-    dx = _scatter_windows(lambda j: np.where(idx == j, dycl, 0), _to_channels_last(x, data_format).shape,
-                          pool_size, strides, out, pads, acc)
-    return _from_channels_last(dx, data_format).astype(x.dtype)
+    axes, in_sizes, out, pads = _geometry(x.shape, pool_size, strides, padding, data_format)
+    keys = _half_keys(x) if x.dtype == np.float16 else None
+    if keys is not None and dy.dtype == np.float16 and all(s >= p for s, p in zip(strides, pool_size)):
+        # float16, windows that do not overlap: each input cell gets at most one window's
+        # gradient, so it is moved bit for bit (no sum, hence no float32 accumulation needed)
+        y = _max_pool_values(keys, pool_size, strides, padding, data_format)
+        g = np.ascontiguousarray(dy).view(np.uint16)
+        dx = np.zeros(x.shape, np.uint16)
+        taken = np.zeros(y.shape, bool)
+        for _, o, i in _cell_slices(x.ndim, axes, in_sizes, out, pool_size, strides, pads):
+            hit = np.equal(keys[i], y[o])
+            np.greater(hit, taken[o], out=hit)
+            taken[o] |= hit
+            np.multiply(g[o], hit, out=dx[i])
+        return dx.view(np.float16)
+    if keys is not None:  # float16 without NaN, overlapping windows: compare keys, sum in float32
+        xw, has_nan = keys, False
+        y = _max_pool_values(keys, pool_size, strides, padding, data_format)
+    else:
+        xw = _work(x)
+        y = _max_pool_values(xw, pool_size, strides, padding, data_format)
+        has_nan = bool(np.isnan(y).any())
+    g = _work(dy).astype(acc, copy=False)
+    overlap = any(s < p for s, p in zip(strides, pool_size))  # else each input cell is in one window
+    dx = np.zeros(x.shape, acc)
+    cells = _cell_slices(x.ndim, axes, in_sizes, out, pool_size, strides, pads)
+    if not np.isfinite(g).all():  # inf or NaN in dy must reach only the maxima (inf * 0 would be NaN)
+        taken = np.zeros(y.shape, bool)  # the window's maximum has been found at an earlier cell
+        for _, o, i in cells:
+            hit = _hits(xw[i], y[o], has_nan)
+            np.greater(hit, taken[o], out=hit)  # hit and not taken
+            taken[o] |= hit
+            np.add(dx[i], g[o], out=dx[i], where=hit)
+        return _cast(dx, x.dtype)
+    # The gradient not yet delivered: a window's first hit takes all of it (r * 1), and leaves
+    # exactly 0 (r - r) for any later tie, so every gradient lands once, on the first maximum.
+    remaining = g.copy()
+    share = np.empty(y.shape, acc)
+    for _, o, i in cells:
+        hit = _hits(xw[i], y[o], has_nan)
+        if overlap:
+            dx[i] += np.multiply(remaining[o], hit, out=share[o])
+            remaining[o] -= share[o]
+        else:  # dx[i] holds only zeros so far
+            np.multiply(remaining[o], hit, out=dx[i])
+            remaining[o] -= dx[i]
+    return _cast(dx, x.dtype)
 
 
-def _window_counts(in_shape_cl, pool_size, strides, out, pads):
-    """Real cells per window, shaped (1, *out, 1)."""
-    ones = np.ones((1, *in_shape_cl[1:-1], 1), np.int64)
-    return _padded_windows(ones, pool_size, strides, out, pads, 0).sum(-1)
+def _hits(xs, ys, has_nan):
+    """Where the cell holds its window's maximum (NaN matching NaN when there is one)."""
+    hit = np.equal(xs, ys)
+    if has_nan:
+        hit |= np.isnan(xs) & np.isnan(ys)
+    return hit
 
 
 def avg_pool_forward(x, pool_size, strides=None, padding="valid", data_format="channels_last"):
-    """Average pooling; each window's sum is divided by its number of real (unpadded) cells."""
+    """Average pooling; each window's sum is divided by its number of real (unpadded) cells.
+
+    Sums in float32 (float64 for float64), cell by cell in row-major window order.
+    """
     k = x.ndim - 2
     pool_size, strides, padding, data_format = _normalize(pool_size, strides, padding, data_format, k)
     acc = _acc_dtype(x.dtype)
-    xcl = _to_channels_last(x, data_format).astype(acc)
-    out, pads = pool_geometry(xcl.shape[1:-1], pool_size, strides, padding)
-    total = _padded_windows(xcl, pool_size, strides, out, pads, 0).sum(-1)
-    y = total / _window_counts(xcl.shape, pool_size, strides, out, pads)
-    return _from_channels_last(y, data_format).astype(x.dtype)
+    xa = _work(x)
+    axes, in_sizes, out, pads = _geometry(x.shape, pool_size, strides, padding, data_format)
+    total = np.zeros(_out_shape(x.shape, axes, out), acc)
+    for _, o, i in _cell_slices(x.ndim, axes, in_sizes, out, pool_size, strides, pads):
+        np.add(total[o], xa[i], out=total[o])
+    total /= _real_counts(x.ndim, axes, in_sizes, out, pool_size, strides, pads, acc)
+    return _cast(total, x.dtype)
 
 
 def avg_pool_backward(x_shape, dy, pool_size, strides=None, padding="valid", data_format="channels_last"):
@@ -174,39 +277,63 @@ def avg_pool_backward(x_shape, dy, pool_size, strides=None, padding="valid", dat
     k = len(x_shape) - 2
     pool_size, strides, padding, data_format = _normalize(pool_size, strides, padding, data_format, k)
     acc = _acc_dtype(dy.dtype)
-    shape_cl = tuple(x_shape[:1]) + tuple(x_shape[2:]) + (x_shape[1],) \
-        if data_format == "channels_first" else tuple(x_shape)
-    dycl = _to_channels_last(dy, data_format).astype(acc)
-    out, pads = pool_geometry(shape_cl[1:-1], pool_size, strides, padding)
-    share = dycl / _window_counts(shape_cl, pool_size, strides, out, pads)
-    dx = _scatter_windows(lambda j: share, shape_cl, pool_size, strides, out, pads, acc)
-    return _from_channels_last(dx, data_format).astype(dy.dtype)
+    axes, in_sizes, out, pads = _geometry(tuple(x_shape), pool_size, strides, padding, data_format)
+    share = _work(dy) / _real_counts(dy.ndim, axes, in_sizes, out, pool_size, strides, pads, acc)
+    if all(s >= p for s, p in zip(strides, pool_size)):
+        # windows that do not overlap: each input cell gets at most one share, so the shares are
+        # rounded to the output dtype once and copied (no sum, no conversion of the whole input)
+        share = _cast(share, dy.dtype)
+        dx = np.zeros(tuple(x_shape), dy.dtype)
+        for _, o, i in _cell_slices(dy.ndim, axes, in_sizes, out, pool_size, strides, pads):
+            dx[i] = share[o]
+        return dx
+    dx = np.zeros(tuple(x_shape), acc)
+    for _, o, i in _cell_slices(dy.ndim, axes, in_sizes, out, pool_size, strides, pads):
+        np.add(dx[i], share[o], out=dx[i])
+    return _cast(dx, dy.dtype)
 
 
 def global_pool_forward(x, op, data_format="channels_last", keepdims=False):
-    """Global "max" or "avg" pooling over every spatial axis."""
-    acc = _acc_dtype(x.dtype)
-    axes = tuple(range(2, x.ndim)) if data_format == "channels_first" else tuple(range(1, x.ndim - 1))
-    xa = x.astype(acc)
-    y = xa.max(axis=axes, keepdims=keepdims) if op == "max" else xa.mean(axis=axes, keepdims=keepdims)
-    return y.astype(x.dtype)
+    """Global "max" or "avg" pooling over every spatial axis (sums in float32, float64 for float64)."""
+    axes = _spatial_axes(x.ndim, data_format)
+    if op == "max":
+        keys = _half_keys(x) if x.dtype == np.float16 else None
+        if keys is not None:
+            return _half_from_keys(keys.max(axis=axes, keepdims=keepdims))
+        return _cast(_work(x).max(axis=axes, keepdims=keepdims), x.dtype)  # NaN propagates
+    # the mean as a matrix-vector product per sample (BLAS), summing in float32 (float64 for float64)
+    xw = np.ascontiguousarray(_work(x))
+    n, c = x.shape[0], x.shape[1] if data_format == "channels_first" else x.shape[-1]
+    length = int(np.prod([x.shape[a] for a in axes]))
+    ones = np.ones(length, xw.dtype)
+    if data_format == "channels_first":
+        total = xw.reshape(n, c, length) @ ones
+    else:
+        total = ones @ xw.reshape(n, length, c)
+    y = total / xw.dtype.type(length)
+    if keepdims:
+        y = y.reshape(_out_shape(x.shape, axes, (1,) * len(axes)))
+    return _cast(y, x.dtype)
 
 
 def global_pool_backward(x, dy, op, data_format="channels_last"):
     """d(loss)/dx of global pooling; dy is (N, C) or keepdims-shaped."""
+    n = x.shape[0]
+    c = x.shape[1] if data_format == "channels_first" else x.shape[-1]
     acc = _acc_dtype(x.dtype)
-    xcl = _to_channels_last(x, data_format)
-    n, c = xcl.shape[0], xcl.shape[-1]
-    rows = xcl.reshape(n, -1, c)  # (N, L, C)
-    g = dy.reshape(n, 1, c).astype(acc) if data_format == "channels_last" else \
-        dy.reshape(n, c)[:, None, :].astype(acc)
+    g = dy.astype(acc, copy=False).reshape(n, c)
     if op == "max":
+        keys = _half_keys(x) if x.dtype == np.float16 else None
+        rows = _to_channels_last(x if keys is None else keys, data_format).reshape(n, -1, c)  # (N, L, C)
         first = np.argmax(rows, axis=1)  # first maximum, NaN counts as the maximum
-        dx = np.zeros(rows.shape, acc)
-        np.put_along_axis(dx, first[:, None, :], g, axis=1)
-    else:
-        dx = np.broadcast_to(g / rows.shape[1], rows.shape)
-    return _from_channels_last(dx.reshape(xcl.shape), data_format).astype(x.dtype)
+        dx = np.zeros(rows.shape, x.dtype)
+        np.put_along_axis(dx, first[:, None, :], g[:, None, :].astype(x.dtype), axis=1)
+        return _from_channels_last(dx.reshape(_to_channels_last(x, data_format).shape), data_format)
+    share = (g / (x.size // (n * c))).astype(x.dtype)  # the gradient share of each cell
+    keep = (n, c) + (1,) * (x.ndim - 2) if data_format == "channels_first" else (n,) + (1,) * (x.ndim - 2) + (c,)
+    dx = np.empty(x.shape, x.dtype)
+    dx[...] = share.reshape(keep)
+    return dx
 
 
 # ----------------------------------------------------------------------------- kernel path
@@ -527,11 +654,13 @@ def _make(kind, op, rank):
                                padnote="Padded cells are -inf." if op == "max"
                                else "Each window is divided by its number of real cells.")
         cls = type(name, (_Pooling,), {"rank": rank, "op": op, "__doc__": doc})
+        with_signature(cls, defaults={"pool_size": 2 if rank == 1 else (2,) * rank})
     else:
         name = f"Global{'Max' if op == 'max' else 'Average'}Pooling{rank}D"
         doc = _GLOBAL_DOC.format(op="max" if op == "max" else "average", rank=rank, name=name,
                                  dims=dims, ones=", ".join(["1"] * rank))
         cls = type(name, (_GlobalPooling,), {"rank": rank, "op": op, "__doc__": doc})
+        with_signature(cls)
     cls.__module__ = __name__
     return cls
 

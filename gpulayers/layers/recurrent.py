@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import kernels, validation
+from ._signature import with_signature
 from .base import Layer
 
 SOURCE = "recurrent.cu"
@@ -95,6 +96,17 @@ def activation_grad(name, a):
     return np.ones_like(a)
 
 
+def _activation_and_grad(name, a):
+    """(act(a), d act / da), the derivative from the activation's value where it has one."""
+    if name == "tanh":
+        t = np.tanh(a)
+        return t, 1 - t * t
+    if name == "sigmoid":
+        s = activate(name, a)
+        return s, s * (1 - s)
+    return activate(name, a), activation_grad(name, a)
+
+
 def _split_bias(spec, bias, u, dtype):
     """(input-side bias (G u,), recurrent bias (G u,) or None) from Keras's bias."""
     if bias is None:
@@ -133,35 +145,50 @@ def rnn_forward(spec, x, kernel, recurrent_kernel, bias=None, initial_state=None
     extra = np.empty((steps, batch, u), acc)  # lstm: c'; gru: (h U_h + b) or r h
     c_prev_all = np.empty((steps, batch, u), acc) if c is not None else None
     outputs = np.empty((steps, batch, u), acc)
+    masked = mask is not None
     for t in range(steps):
         h_prev_all[t] = h
+        a = pre[t]  # the pre-activations of this step, written in place
         if spec.cell == "simple_rnn":
-            a = xw[t] + h @ U
+            np.matmul(h, U, out=a)  # the one GEMM of the step
+            a += xw[t]
             h_new = activate(act, a)
         elif spec.cell == "lstm":
-            a = xw[t] + h @ U
-            i, f = activate(ract, a[:, :u]), activate(ract, a[:, u:2 * u])
-            g, og = activate(act, a[:, 2 * u:3 * u]), activate(ract, a[:, 3 * u:])
+            np.matmul(h, U, out=a)
+            a += xw[t]
+            gates = activate(ract, a)  # i, f and o (the c block is not used)
+            g = activate(act, a[:, 2 * u:3 * u])
             c_prev_all[t] = c
-            c_new = f * c + i * g
+            c_new = gates[:, u:2 * u] * c
+            c_new += gates[:, :u] * g
             extra[t] = c_new
-            h_new = og * activate(act, c_new)
+            h_new = gates[:, 3 * u:] * activate(act, c_new)
         else:
-            a = np.empty((batch, 3 * u), acc)
             if spec.cell == "gru":
-                inner = h @ U + (b_rec.astype(acc) if b_rec is not None else 0)
-                a[:, :2 * u] = xw[t, :, :2 * u] + inner[:, :2 * u]
-                r = activate(ract, a[:, u:2 * u])
+                inner = h @ U
+                if b_rec is not None:
+                    inner += b_rec.astype(acc)
+                np.add(xw[t, :, :2 * u], inner[:, :2 * u], out=a[:, :2 * u])
+                zr = activate(ract, a[:, :2 * u])
                 extra[t] = inner[:, 2 * u:]
-                a[:, 2 * u:] = xw[t, :, 2 * u:] + r * extra[t]
-            else:
-                a[:, :2 * u] = xw[t, :, :2 * u] + h @ U[:, :2 * u]
-                r = activate(ract, a[:, u:2 * u])
-                extra[t] = r * h
-                a[:, 2 * u:] = xw[t, :, 2 * u:] + extra[t] @ U[:, 2 * u:]
-            z = activate(ract, a[:, :u])
-            h_new = z * h + (1 - z) * activate(act, a[:, 2 * u:])
-        pre[t] = a
+                np.multiply(zr[:, u:], extra[t], out=a[:, 2 * u:])
+                a[:, 2 * u:] += xw[t, :, 2 * u:]
+            else:  # reset before: a second GEMM on r h, as the kernel path
+                np.matmul(h, U[:, :2 * u], out=a[:, :2 * u])
+                a[:, :2 * u] += xw[t, :, :2 * u]
+                zr = activate(ract, a[:, :2 * u])
+                np.multiply(zr[:, u:], h, out=extra[t])
+                np.matmul(extra[t], U[:, 2 * u:], out=a[:, 2 * u:])
+                a[:, 2 * u:] += xw[t, :, 2 * u:]
+            z = zr[:, :u]
+            hh = activate(act, a[:, 2 * u:])
+            h_new = z * h
+            h_new += (1 - z) * hh
+        if not masked:
+            h = h_new
+            c = c_new if c is not None else None
+            outputs[t] = h
+            continue
         m = ms[t][:, None]
         h = np.where(m, h_new, h)
         if c is not None:
@@ -204,31 +231,35 @@ def rnn_backward(spec, saved, d_outputs, d_states):
             d_xw[t] = d_inner[t] = da
             dh = dh_keep + da @ U.T
         elif spec.cell == "lstm":
-            i, f = activate(ract, a[:, :u]), activate(ract, a[:, u:2 * u])
-            gg, og = activate(act, a[:, 2 * u:3 * u]), activate(ract, a[:, 3 * u:])
+            gates, d_gates = _activation_and_grad(ract, a)  # i, f, o (the c block is recomputed below)
+            i, f, og = gates[:, :u], gates[:, u:2 * u], gates[:, 3 * u:]
+            gg, d_gg = _activation_and_grad(act, a[:, 2 * u:3 * u])
             c_new, c_prev = saved["extra"][t], saved["c_prev"][t]
-            dc_new = np.where(m, dc, 0) + dh_new * og * activation_grad(act, c_new)
-            da = np.concatenate([dc_new * gg * activation_grad(ract, a[:, :u]),
-                                 dc_new * c_prev * activation_grad(ract, a[:, u:2 * u]),
-                                 dc_new * i * activation_grad(act, a[:, 2 * u:3 * u]),
-                                 dh_new * activate(act, c_new) * activation_grad(ract, a[:, 3 * u:])], axis=1)
-            d_xw[t] = d_inner[t] = da
+            act_c, d_act_c = _activation_and_grad(act, c_new)
+            dc_new = np.where(m, dc, 0) + dh_new * og * d_act_c
+            da = d_xw[t]  # written in place, block by block
+            np.multiply(dc_new * gg, d_gates[:, :u], out=da[:, :u])
+            np.multiply(dc_new * c_prev, d_gates[:, u:2 * u], out=da[:, u:2 * u])
+            np.multiply(dc_new * i, d_gg, out=da[:, 2 * u:3 * u])
+            np.multiply(dh_new * act_c, d_gates[:, 3 * u:], out=da[:, 3 * u:])
+            d_inner[t] = da
             dh = dh_keep + da @ U.T
             dc = np.where(m, 0, dc) + dc_new * f
         else:
-            z, r = activate(ract, a[:, :u]), activate(ract, a[:, u:2 * u])
-            hh = activate(act, a[:, 2 * u:])
-            dz = dh_new * (h_prev - hh) * activation_grad(ract, a[:, :u])
-            dhp = dh_new * (1 - z) * activation_grad(act, a[:, 2 * u:])
+            zr, d_zr = _activation_and_grad(ract, a[:, :2 * u])
+            z, r = zr[:, :u], zr[:, u:]
+            hh, d_hh = _activation_and_grad(act, a[:, 2 * u:])
+            dz = dh_new * (h_prev - hh) * d_zr[:, :u]
+            dhp = dh_new * (1 - z) * d_hh
             extra = saved["extra"][t]
             if spec.cell == "gru":  # extra = h U_h + b_rec_h
-                dr = dhp * extra * activation_grad(ract, a[:, u:2 * u])
+                dr = dhp * extra * d_zr[:, u:]
                 d_xw[t] = np.concatenate([dz, dr, dhp], axis=1)
                 d_inner[t] = np.concatenate([dz, dr, dhp * r], axis=1)
                 dh = dh_keep + dh_new * z + d_inner[t] @ U.T
             else:  # extra = r h
                 d_rh = dhp @ U[:, 2 * u:].T
-                dr = d_rh * h_prev * activation_grad(ract, a[:, u:2 * u])
+                dr = d_rh * h_prev * d_zr[:, u:]
                 d_xw[t] = d_inner[t] = np.concatenate([dz, dr, dhp], axis=1)
                 dh = dh_keep + dh_new * z + d_rh * r + d_inner[t, :, :2 * u] @ U[:, :2 * u].T
     # weight gradients: one matmul over all steps
@@ -539,6 +570,10 @@ class GRU(_Recurrent):
             raise TypeError(f"GRU: unknown argument(s) unit_forget_bias. "
                             f"Received: unit_forget_bias={kwargs['unit_forget_bias']!r}")
         super().__init__(units, **kwargs)
+
+
+for _cls in (SimpleRNN, LSTM, GRU):  # inspect.signature lists every argument, not **kwargs
+    with_signature(_cls, exclude=_cls._not_keras_args)
 
 
 def _rebuilt(layer, **overrides):
@@ -901,3 +936,6 @@ def rnn_backward_kernel(spec, saved, d_outputs, d_states):
         dxs = dxs[::-1]
     dx = xp.ascontiguousarray(xp.swapaxes(dxs, 0, 1)).astype(saved["dtype"])
     return dx, [dh] + ([dc] if dc is not None else []), grads
+
+
+with_signature(Bidirectional)  # inspect.signature lists every argument

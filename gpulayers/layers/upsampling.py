@@ -1,7 +1,7 @@
 """Upsampling ("deconvolution" family): UpSampling1D/2D/3D, nearest and bilinear (2-D).
 
 - NumPy reference (``upsample_nearest`` ... ``upsample_bilinear_backward``): vectorised;
-  bilinear is separable, one interpolation matrix per axis.
+  bilinear is separable, two gathered taps per output along each axis.
 - Kernel path (``*_kernel``): ``cuda/upsampling.cu`` on the GPU or the simulator.
 - Keras 3 layer classes.
 
@@ -16,6 +16,8 @@ import math
 import numpy as np
 
 from .. import kernels, validation
+from ._float16 import narrow, widen
+from ._signature import with_signature
 from .base import Layer
 
 SOURCE = "upsampling.cu"
@@ -33,10 +35,6 @@ ROW_SEGMENTS = 4  # the *_rows kernels load up to this many 32-element segments 
 ROW_KERNELS = True  # channels_first backward takes the warp-per-row kernels where they fit (tests switch it off)
 
 
-def _acc_dtype(dtype):
-    return np.float64 if dtype == np.float64 else np.float32
-
-
 def _spatial_axes(ndim, data_format):
     return tuple(range(2, ndim)) if data_format == "channels_first" else tuple(range(1, ndim - 1))
 
@@ -51,13 +49,24 @@ def upsample_nearest(x, size, data_format="channels_last"):
 
 
 def upsample_nearest_backward(dy, size, data_format="channels_last"):
-    """d(loss)/dx of nearest upsampling: the sum of each repeated block."""
-    acc = _acc_dtype(dy.dtype)
-    g = dy.astype(acc)
-    for axis, s in zip(_spatial_axes(dy.ndim, data_format), size):
-        shape = g.shape
-        g = g.reshape(shape[:axis] + (shape[axis] // s, s) + shape[axis + 1:]).sum(axis=axis + 1)
-    return g.astype(dy.dtype)
+    """d(loss)/dx of nearest upsampling: the sum of each repeated block (float32 sums for float16).
+
+    Separable: the s values of each block along one axis are added (whole-array adds of
+    strided views), axis by axis from the last, so each pass works on data already reduced.
+    """
+    g = widen(dy)
+    for axis, s in reversed(list(zip(_spatial_axes(dy.ndim, data_format), size))):
+        if s == 1:
+            continue
+        blocks = g.reshape(g.shape[:axis] + (g.shape[axis] // s, s) + g.shape[axis + 1:])
+        lead = (slice(None),) * (axis + 1)
+        total = blocks[lead + (0,)].copy()
+        for k in range(1, s):
+            total += blocks[lead + (k,)]
+        g = total
+    if g is dy:  # every factor 1
+        g = g.copy()
+    return narrow(g, dy.dtype)
 
 
 def bilinear_matrix(n, s, dtype=np.float64):
@@ -66,12 +75,7 @@ def bilinear_matrix(n, s, dtype=np.float64):
     Computed in ``dtype`` with the kernels' operation order, so float32 weights are the
     kernels' float32 weights.
     """
-    o = np.arange(n * s, dtype=dtype)
-    src = (o + dtype(0.5)) / dtype(s) - dtype(0.5)
-    fl = np.floor(src)
-    frac = src - fl
-    i0 = np.clip(fl.astype(np.int64), 0, n - 1)
-    i1 = np.clip(fl.astype(np.int64) + 1, 0, n - 1)
+    i0, i1, frac = bilinear_taps(n, s, dtype)
     m = np.zeros((n * s, n), dtype)
     rows = np.arange(n * s)
     np.add.at(m, (rows, i0), dtype(1) - frac)
@@ -79,26 +83,115 @@ def bilinear_matrix(n, s, dtype=np.float64):
     return m
 
 
+def bilinear_taps(n, s, dtype=np.float64):
+    """(i0, i1, frac) of each output along an axis of input size n and factor s: the output
+    reads input i0 with weight 1 - frac and i1 with weight frac (src = (o + 0.5) / s - 0.5,
+    i0 = floor(src), i1 = i0 + 1, both clamped into [0, n - 1]), computed in ``dtype`` with
+    the kernels' operation order."""
+    dtype = np.dtype(dtype).type
+    o = np.arange(n * s, dtype=dtype)
+    src = (o + dtype(0.5)) / dtype(s) - dtype(0.5)
+    fl = np.floor(src)
+    frac = src - fl
+    i0 = np.clip(fl.astype(np.int64), 0, n - 1)
+    i1 = np.clip(fl.astype(np.int64) + 1, 0, n - 1)
+    return i0, i1, frac
+
+
+def _along(ndim, axis, index):
+    full = [slice(None)] * ndim
+    full[axis] = index
+    return tuple(full)
+
+
+def _runs(index, weight):
+    """Maximal runs (a, b, d, w) of positions j in [a, b) with index[j] == j + d and the same
+    non-zero weight w: a gather by ``index`` as a few slices times a scalar (the interior and
+    the clamped ends). Positions of weight 0 are left out: such a tap is not read."""
+    runs = []
+    for j in range(len(index)):
+        d, w = int(index[j]) - j, weight[j]
+        if w == 0:
+            continue
+        if runs and runs[-1][1] == j and runs[-1][2] == d and runs[-1][3] == w:
+            runs[-1][1] = j + 1
+        else:
+            runs.append([j, j + 1, d, w])
+    return runs
+
+
+def _phases(n, s, dtype):
+    """Per phase k in [0, s) (the outputs o = i * s + k): the runs of its two taps."""
+    i0, i1, frac = bilinear_taps(n, s, dtype)
+    for k in range(s):
+        yield k, _runs(i0[k::s], (1 - frac)[k::s]), _runs(i1[k::s], frac[k::s])
+
+
+def _interpolate(v, axis, s):
+    """Linear interpolation of v along one axis by the integer factor s:
+    out[o] = v[i0] * (1 - frac) + v[i1] * frac, a tap of weight 0 not read."""
+    n, nd = v.shape[axis], v.ndim
+    out = np.empty(v.shape[:axis] + (n * s,) + v.shape[axis + 1:], v.dtype)
+    scratch = np.empty(v.size, v.dtype)  # one phase's products
+    for k, runs0, runs1 in _phases(n, s, v.dtype):
+        phase = out[_along(nd, axis, slice(k, None, s))]  # a view: the outputs of this phase
+        for a, b, d, w in runs0:  # every output reads its first tap (weight 1 - frac > 0)
+            np.multiply(v[_along(nd, axis, slice(a + d, b + d))], w, out=phase[_along(nd, axis, slice(a, b))])
+        for a, b, d, w in runs1:
+            target = phase[_along(nd, axis, slice(a, b))]
+            product = np.multiply(v[_along(nd, axis, slice(a + d, b + d))], w, out=_scratch(scratch, target))
+            target += product
+    return out
+
+
+def _scratch(buffer, like):
+    """A view of the flat scratch ``buffer`` shaped like ``like`` (reused: no fresh pages per product)."""
+    return buffer[:like.size].reshape(like.shape)
+
+
+def _interpolate_transposed(g, axis, s):
+    """The transpose of :func:`_interpolate`: the gradient of v from the gradient g of its output."""
+    nd = g.ndim
+    n = g.shape[axis] // s
+    dv = np.zeros(g.shape[:axis] + (n,) + g.shape[axis + 1:], g.dtype)
+    scratch = np.empty(dv.size, g.dtype)
+    groups = {}  # contributions with the same target slice and weight: summed before one multiply
+    for k, runs0, runs1 in _phases(n, s, g.dtype):
+        for a, b, d, w in runs0 + runs1:
+            groups.setdefault((a, b, d, w), []).append(k)
+    for (a, b, d, w), phases in groups.items():
+        target = dv[_along(nd, axis, slice(a + d, b + d))]
+        parts = [g[_along(nd, axis, slice(k + a * s, k + (b - 1) * s + 1, s))] for k in phases]
+        total = _scratch(scratch, target)
+        if len(parts) == 1:
+            np.multiply(parts[0], w, out=total)
+        else:
+            np.add(parts[0], parts[1], out=total)
+            for part in parts[2:]:
+                total += part
+            total *= w
+        target += total
+    return dv
+
+
 def upsample_bilinear(x, size, data_format="channels_last"):
-    """Bilinear upsampling of a 4-D input by integer factors (size_h, size_w)."""
-    acc = _acc_dtype(x.dtype)
-    xcl = np.moveaxis(x, 1, -1) if data_format == "channels_first" else x
-    mh = bilinear_matrix(xcl.shape[1], size[0], acc)
-    mw = bilinear_matrix(xcl.shape[2], size[1], acc)
-    y = np.einsum("oh,nhwc,pw->nopc", mh, xcl.astype(acc), mw, optimize=True)
-    y = np.moveaxis(y, -1, 1) if data_format == "channels_first" else y
-    return y.astype(x.dtype)
+    """Bilinear upsampling of a 4-D input by integer factors (size_h, size_w).
+
+    Per output: top = x[h0, w0] (1 - fw) + x[h0, w1] fw, bottom likewise on row h1,
+    y = top (1 - fh) + bottom fh, in float32 (float64 for float64): columns first, then
+    rows, as the kernel. An output reads only its taps of non-zero weight, so a NaN or inf
+    reaches only the outputs whose interpolation footprint holds it.
+    """
+    h_axis, w_axis = _spatial_axes(x.ndim, data_format)
+    y = _interpolate(_interpolate(widen(x), w_axis, size[1]), h_axis, size[0])
+    return narrow(y, x.dtype)
 
 
 def upsample_bilinear_backward(dy, size, data_format="channels_last"):
-    """d(loss)/dx of bilinear upsampling (the transposed interpolation)."""
-    acc = _acc_dtype(dy.dtype)
-    dycl = np.moveaxis(dy, 1, -1) if data_format == "channels_first" else dy
-    mh = bilinear_matrix(dycl.shape[1] // size[0], size[0], acc)
-    mw = bilinear_matrix(dycl.shape[2] // size[1], size[1], acc)
-    dx = np.einsum("oh,nopc,pw->nhwc", mh, dycl.astype(acc), mw, optimize=True)
-    dx = np.moveaxis(dx, -1, 1) if data_format == "channels_first" else dx
-    return dx.astype(dy.dtype)
+    """d(loss)/dx of bilinear upsampling (the transposed interpolation, taps of weight 0 skipped)."""
+    h_axis, w_axis = _spatial_axes(dy.ndim, data_format)
+    dx = _interpolate_transposed(_interpolate_transposed(widen(dy), w_axis, size[1]), h_axis, size[0])
+    return narrow(dx, dy.dtype)
 
 
 # ----------------------------------------------------------------------------- kernel path
@@ -290,3 +383,9 @@ class UpSampling3D(_UpSampling):
 
     def __init__(self, size=(2, 2, 2), data_format=None, name=None, **kwargs):
         super().__init__(size, data_format=data_format, name=name, **kwargs)
+
+
+# inspect.signature lists every argument (Keras's UpSampling1D/3D have no data_format/interpolation)
+with_signature(UpSampling1D, exclude=("data_format", "interpolation"))
+with_signature(UpSampling2D)
+with_signature(UpSampling3D, exclude=("interpolation",))

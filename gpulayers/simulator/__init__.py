@@ -28,12 +28,9 @@ from .. import paths
 INCLUDE = Path(__file__).resolve().parent / "include"
 CXXFLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-fno-strict-aliasing",
             "-U_FORTIFY_SOURCE", "-D_FORTIFY_SOURCE=0", "-w")
-# The analysis build: every load and store, and every basic block entry, calls a hook
-# (sim_analysis.h); -O1 keeps the instructions close to the source, -g maps them back to lines. Compiled with -c, then linked
-# without libtsan: the hooks are the whole sanitizer runtime. LOCKSTEP_CXXFLAGS adds a hook at
-# every basic block, so that lanes skipping a branch wait where the warp reconverges: exact
-# requests for the counters, at a few times the cost (hazard checks alone do without it).
-LOCKSTEP_CXXFLAGS = ("-fsanitize-coverage=trace-pc",)
+# The analysis build: every load and store calls a hook (sim_analysis.h); -O1 keeps the
+# instructions close to the source, -g maps them back to lines. Compiled with -c, then linked
+# without libtsan: the hooks are the whole sanitizer runtime.
 ANALYSIS_CXXFLAGS = ("-std=c++17", "-O1", "-g", "-fPIC", "-fsanitize=thread", "-DGLSIM_ANALYSIS",
                      "-fno-strict-aliasing", "-U_FORTIFY_SOURCE", "-D_FORTIFY_SOURCE=0", "-w")
 DYNAMIC_SHARED_BYTES = 48 * 1024
@@ -111,27 +108,25 @@ def translation_unit(cu_path: Path, names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def build(cu_path: Path, names: list[str], cache: Path, analysis: bool = False, lockstep: bool = True) -> Path:
+def build(cu_path: Path, names: list[str], cache: Path, analysis: bool = False) -> Path:
     """Compile (or find in the cache) the simulator library for ``cu_path``'s kernels."""
     return build_source(translation_unit(cu_path, names), cu_path.stem, cache,
                         extra=sorted(cu_path.parent.glob("*.cuh")) + [cu_path], include=cu_path.parent,
-                        analysis=analysis, lockstep=lockstep)
+                        analysis=analysis)
 
 
-def build_source(tu: str, stem: str, cache: Path, extra=(), include=None, analysis: bool = False,
-                 lockstep: bool = True) -> Path:
+def build_source(tu: str, stem: str, cache: Path, extra=(), include=None, analysis: bool = False) -> Path:
     """Compile C++ source ``tu`` into a cached shared library (keyed by every input).
 
     ``analysis``: the instrumented build of :mod:`.analysis` (compiled, then linked without
-    the sanitizer runtime); ``lockstep``: with basic-block scheduling points too."""
+    the sanitizer runtime)."""
     cxx = compiler()
-    flags = (ANALYSIS_CXXFLAGS + (LOCKSTEP_CXXFLAGS if lockstep else ())) if analysis else CXXFLAGS
+    flags = ANALYSIS_CXXFLAGS if analysis else CXXFLAGS
     h = hashlib.sha256(tu.encode())
     for path in sorted(INCLUDE.glob("*")) + list(extra):
         h.update(path.name.encode() + path.read_bytes())
     h.update(_compiler_version(cxx).encode() + " ".join(flags).encode())
-    variant = ("-lockstep" if lockstep else "-hazards") if analysis else ""
-    lib = cache / "sim" / f"{stem}{variant}-{h.hexdigest()[:20]}.so"
+    lib = cache / "sim" / f"{stem}{'-analysis' if analysis else ''}-{h.hexdigest()[:20]}.so"
     if lib.is_file():
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,12 @@
 """Analysis mode of the CPU kernel simulator: what a kernel does to GPU memory, without a GPU.
 
-The same ``.cu`` source is compiled a second way: with ``g++ -fsanitize=thread`` (and
-``-fsanitize-coverage=trace-pc``), linked without the sanitizer's runtime, so that every load and
-store of the kernel, and every basic block it enters, calls a hook of ours
+The same ``.cu`` source is compiled a second way: with ``g++ -fsanitize=thread``, linked
+without the sanitizer's runtime, so that every load and store of the kernel calls a hook of ours
 (``include/sim_analysis.h``). The hook knows the address, the size, read or write, and the
 instruction (its return address). The simulated thread then waits until its warp issues that
 instruction: in each warp, the lanes waiting at the lowest instruction address issue it together
-(one *request*) while the others are inactive. Lanes thus advance in lockstep: a loop whose trip
-count differs between lanes runs its extra iterations with the other lanes inactive, and lanes
-that skip a conditional block wait for the others after it.
+(one *request*) while the others are inactive. Lanes thus advance in lockstep, and a loop whose
+trip count differs between lanes runs its extra iterations with the other lanes inactive.
 
 Per launch (Nsight Compute's definitions: a request is one warp-level instruction, a sector an
 aligned 32-byte chunk) a :class:`Report` holds:
@@ -32,10 +30,12 @@ aligned 32-byte chunk) a :class:`Report` holds:
 Limits of the model: one warp instruction per access the host compiler emits at -O1 (close to,
 not the same as, what NVCC emits: a value kept in a register is no access at all, and a struct
 may be copied field by field where NVCC would use one vector access); lowest-address-first is
-the reconvergence order of structured code as the host compiler lays it out, so where it places
-a loop's latch before a conditional block of the body, lanes that skip the block run into the
-next iteration early and split its requests (more requests and sectors than a GPU, never a
-request merged from two iterations); caches are perfect (DRAM bytes are the minimum any cache
+the reconvergence order of structured code as the host compiler lays it out, which holds for
+loops with per-lane trip counts and for branches around code without memory accesses, but not
+always for a branch around an access inside a loop: lanes that skip a conditional access run on
+to the next iteration's accesses, so the loop's requests split (more requests and sectors than
+a GPU issues), or, for a skipped access that the next iteration reaches again (a ``continue``
+before it), may be grouped with the lanes still in the previous iteration; caches are perfect (DRAM bytes are the minimum any cache
 could achieve for that access set; a sector the launch wrote is not read from DRAM again) and
 L1 is not modeled; blocks still run one after another, so inter-block races are found from the
 addresses, not observed; shared memory is filled with 0xFF bytes at each block start. Arrays
@@ -290,19 +290,17 @@ _analysis_lock = threading.Lock()
 _loaded: dict = {}  # (source path, its text's hash, kernel names) -> AnalysisModule
 
 
-def load(cu_path: Path, names: list[str], lockstep: bool = True) -> AnalysisModule:
+def load(cu_path: Path, names: list[str]) -> AnalysisModule:
     """The analysis build of ``cu_path`` with these kernels (cached like the normal build; a
-    source edited since it was loaded is built again). ``lockstep=False``: without the
-    basic-block scheduling points, for hazard checks only (requests may split where lanes
-    diverge inside a loop; hazards do not depend on it)."""
+    source edited since it was loaded is built again)."""
     cu_path = Path(cu_path)
-    key = (str(cu_path), hash(cu_path.read_bytes()), tuple(names), lockstep)
+    key = (str(cu_path), hash(cu_path.read_bytes()), tuple(names))
     module = _loaded.get(key)
     if module is None:
         with _analysis_lock:
             module = _loaded.get(key)
             if module is None:
-                lib = build(cu_path, list(names), paths.cache_folder(), analysis=True, lockstep=lockstep)
+                lib = build(cu_path, list(names), paths.cache_folder(), analysis=True)
                 module = _libraries.get(str(lib)) or AnalysisModule(lib, list(names), cu_path.name)
                 _libraries[str(lib)] = _loaded[key] = module
     return module
@@ -391,7 +389,7 @@ def wanted() -> bool:
 def run(cu_path: Path, names: list[str], name: str, grid, block, args, shared_mem=0) -> Report:
     """Launch through the analysis build; record the report and fail on hazards as asked."""
     records = active()
-    report = load(cu_path, names, lockstep=records is not None).launch(name, grid, block, args, shared_mem)
+    report = load(cu_path, names).launch(name, grid, block, args, shared_mem)
     if records is not None:
         records.append(report)
     if hazards_fail() and (report.hazard_count or not report.global_hazards_checked):

@@ -28,7 +28,7 @@
 // -fsanitize=thread: every memory access calls a hook. The runtime itself (GLSIM_RT) is not
 // instrumented; atomics report themselves as atomic accesses.
 #ifdef GLSIM_ANALYSIS
-#define GLSIM_RT __attribute__((no_sanitize("thread"), no_sanitize_coverage))
+#define GLSIM_RT __attribute__((no_sanitize("thread")))
 #define GLSIM_ATOMIC GLSIM_RT __attribute__((noinline))
 namespace glsim { void atomic_access(void* p, unsigned size, void* pc); }
 #define GLSIM_NOTE_ATOMIC(p) ::glsim::atomic_access((void*)(p), sizeof(*(p)), __builtin_return_address(0))

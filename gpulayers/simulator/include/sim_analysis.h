@@ -8,19 +8,16 @@
 // parks the simulated thread in state WAIT_ACCESS and yields to the scheduler.
 //
 // Warp model: the scheduler (run_block in sim_runtime.h) first lets every runnable thread
-// run to its next access, barrier or warp collective (and, in the lockstep build, its next
-// basic block: -fsanitize-coverage=trace-pc). Then, in each warp, the lanes waiting at the
-// lowest instruction address issue that instruction together: one request. Lanes elsewhere are
-// inactive for it and issue later. Lanes thus advance in lockstep; a loop whose trip count
-// differs between lanes runs its extra iterations with the other lanes inactive, and lanes that
-// skip a conditional block wait at the block after it, which the host compiler normally places
-// at a higher address. Lowest address first is the reconvergence order of structured code as
-// the host compiler lays it out: where it places a loop's latch before a conditional block of
-// the loop body, lanes that skip the block run into the next iteration early and that
-// iteration's requests split in two (more requests and sectors than a GPU issues, never a
-// request merged from two iterations). Barriers and collectives are released only when no lane
-// waits at an access. The hazard-only build (checking()) has no basic-block points: hazards do
-// not depend on how requests are grouped.
+// run to its next access, barrier or warp collective. Then, in each warp, the lanes waiting at
+// the lowest instruction address issue that instruction together: one request. Lanes
+// elsewhere are inactive for it and issue later. Lanes thus advance in lockstep, and a loop
+// whose trip count differs between lanes runs its extra iterations with the other lanes
+// inactive. Lowest address first is the reconvergence order of structured code as the host
+// compiler lays it out; it holds for loops with per-lane trip counts and for branches around
+// code without memory accesses, not always for a branch around an access inside a loop (lanes
+// that skip it run on to the next iteration's accesses: the requests split, or, when the next
+// iteration reaches the skipped access again, may group lanes of two iterations). Barriers and
+// collectives are released only when no lane waits at an access.
 //
 // Per request (Nsight Compute's definitions): global loads, stores and atomics count their
 // 32-byte sectors and the ideal (the fewest sectors that could hold the bytes the active
@@ -214,14 +211,13 @@ GLSIM_RT static void out_of_bounds(const char* what) {
     A.error = buf;
 }
 
-// Called by the hooks on every instrumented access; size 0: a basic block entry (a scheduling
-// point only, so that lanes which skip a branch wait at the join, as a warp reconverges).
+// Called by the hooks on every instrumented access.
 GLSIM_RT static void on_access(void* p, unsigned size, bool write, bool atomic, void* pc) {
-    if (!A.active || !R.in_fiber || A.in_hook) return;
+    if (!A.active || !R.in_fiber || A.in_hook || size == 0) return;
     A.in_hook = true;  // the library code used below is instrumented too
     const uintptr_t a = (uintptr_t)p;
-    bool tracked = size == 0;
-    if (size && a >= A.sh_lo && a < A.sh_hi) {
+    bool tracked = false;
+    if (a >= A.sh_lo && a < A.sh_hi) {
         tracked = true;
         for (const auto& d : A.dynamic)
             if (a + size > d.first && a < d.second) {
@@ -230,7 +226,7 @@ GLSIM_RT static void on_access(void* p, unsigned size, bool write, bool atomic, 
                               write ? "write" : "read", (unsigned long long)A.report.shared_bytes);
                 out_of_bounds(buf);
             }
-    } else if (size) {
+    } else {
         Array* arr = find_array(a);
         if (arr && (a < arr->lo || a + size > arr->hi)) {
             char buf[200];
@@ -387,7 +383,6 @@ GLSIM_RT static void wavefronts(Fiber** lanes, int n, unsigned long long& actual
 }
 
 GLSIM_RT static void issue(Fiber** lanes, int n) {
-    if (lanes[0]->access.size == 0) return;  // a basic block entry: the lanes just move on together
     // One instruction may touch both spaces through a generic pointer: split it.
     Fiber* shared[32];
     Fiber* global[32];
@@ -597,10 +592,6 @@ GLSIM_RT void __tsan_func_entry(void*) {}
 GLSIM_RT void __tsan_func_exit() {}
 GLSIM_RT void __tsan_vptr_update(void**, void*) {}
 GLSIM_RT void __tsan_vptr_read(void**) {}
-// -fsanitize-coverage=trace-pc: every basic block entry is a scheduling point (size 0).
-GLSIM_RT void __sanitizer_cov_trace_pc() {
-    glsim::analysis::on_access(nullptr, 0, false, false, __builtin_return_address(0));
-}
 GLSIM_RT void __tsan_read_range(void* p, unsigned long n) {
     glsim::analysis::on_access(p, (unsigned)n, false, false, __builtin_return_address(0));
 }
