@@ -87,11 +87,23 @@ __device__ __forceinline__ ArgMax<A> argmax_combine(ArgMax<A> a, ArgMax<A> b) {
 template <typename A> struct Welford {
     A n, mean, m2;
 };
+// Values near the type's limit: a difference x - mean that overflows is taken as a sign that
+// the variance does too. The mean is then updated as a convex combination (which cannot
+// overflow) and m2 becomes inf; an inf or NaN element makes mean and m2 NaN (as the NumPy
+// reference: a channel holding inf or NaN has NaN statistics).
+template <typename A> __device__ __forceinline__ bool is_finite(A v) { return v - v == (A)0; }
 template <typename A> __device__ __forceinline__ void welford_add(Welford<A>& s, A x) {
     s.n += (A)1;
     const A d = x - s.mean;
-    s.mean += d / s.n;
-    s.m2 += d * (x - s.mean);
+    if (is_finite(d)) {
+        s.mean += d / s.n;
+        s.m2 += d * (x - s.mean);
+    } else if (is_finite(x) && is_finite(s.mean)) {
+        s.mean = s.mean * ((s.n - (A)1) / s.n) + x / s.n;
+        s.m2 = (A)1 / (A)0;
+    } else {
+        s.mean = s.m2 = (A)0 / (A)0;
+    }
 }
 template <typename A>
 __device__ __forceinline__ Welford<A> welford_combine(Welford<A> a, Welford<A> b) {
@@ -101,8 +113,15 @@ __device__ __forceinline__ Welford<A> welford_combine(Welford<A> a, Welford<A> b
     r.n = a.n + b.n;
     const A d = b.mean - a.mean;
     const A wb = b.n / r.n;
-    r.mean = a.mean + d * wb;
-    r.m2 = a.m2 + b.m2 + d * d * a.n * wb;
+    if (is_finite(d)) {
+        r.mean = a.mean + d * wb;
+        r.m2 = a.m2 + b.m2 + d * d * a.n * wb;
+    } else if (is_finite(a.mean) && is_finite(b.mean)) {
+        r.mean = a.mean * (a.n / r.n) + b.mean * wb;
+        r.m2 = (A)1 / (A)0;
+    } else {
+        r.mean = r.m2 = (A)0 / (A)0;
+    }
     return r;
 }
 

@@ -102,11 +102,15 @@ __global__ void upsample_bilinear_forward(const T* __restrict__ x, T* __restrict
         A fh, fw;
         bilinear_taps(oh, SH, H, h0, h1, fh);
         bilinear_taps(ow, SW, W, w0, w1, fw);
-        const A top = gl::to_acc(x[offset5<CL>(n, c, 0, h0, w0, C, 1, H, W)]) * ((A)1 - fw) +
-                      gl::to_acc(x[offset5<CL>(n, c, 0, h0, w1, C, 1, H, W)]) * fw;
-        const A bottom = gl::to_acc(x[offset5<CL>(n, c, 0, h1, w0, C, 1, H, W)]) * ((A)1 - fw) +
-                         gl::to_acc(x[offset5<CL>(n, c, 0, h1, w1, C, 1, H, W)]) * fw;
-        y[o] = gl::from_acc<T>(top * ((A)1 - fh) + bottom * fh);
+        // A tap of weight 0 is not used (inf * 0 would be NaN): a NaN or inf reaches only the
+        // outputs whose interpolation reads it, as in the reference.
+        const A x00 = gl::to_acc(x[offset5<CL>(n, c, 0, h0, w0, C, 1, H, W)]);
+        const A x01 = gl::to_acc(x[offset5<CL>(n, c, 0, h0, w1, C, 1, H, W)]);
+        const A x10 = gl::to_acc(x[offset5<CL>(n, c, 0, h1, w0, C, 1, H, W)]);
+        const A x11 = gl::to_acc(x[offset5<CL>(n, c, 0, h1, w1, C, 1, H, W)]);
+        const A top = fw == (A)0 ? x00 : x00 * ((A)1 - fw) + x01 * fw;
+        const A bottom = fw == (A)0 ? x10 : x10 * ((A)1 - fw) + x11 * fw;
+        y[o] = gl::from_acc<T>(fh == (A)0 ? top : top * ((A)1 - fh) + bottom * fh);
     }
 }
 
