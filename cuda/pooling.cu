@@ -129,15 +129,99 @@ __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y,
 // Needs 31 * SW + KW <= 32 * kMaxSegments (Python checks; otherwise it launches the direct one).
 constexpr int kMaxSegments = 4;
 
+// One warp's share of pool_forward_rows: the result of output (n, c, od, oh, chunk * 32 + lane)
+// (value and window offset of the first maximum), every lane taking part in the shuffles.
 template <typename T, bool IS_MAX>
-__global__ void pool_forward_rows(const T* __restrict__ x, T* __restrict__ y, unsigned char* __restrict__ argmax,
-                                  int save_argmax, POOL_GEOM_PARAMS) {
+__device__ __forceinline__ typename gl::Acc<T>::type pool_row_chunk(const T* __restrict__ x, const PoolGeom& g, int n,
+                                                                   int c, int od, int oh, int chunk, int& best_off) {
+    typedef typename gl::Acc<T>::type A;
+    const int lane = threadIdx.x & 31;
+    const int nseg = (31 * g.SW + g.KW + 31) / 32;  // segments of 32 input columns, <= kMaxSegments
+    const int w_first = chunk * 32 * g.SW - g.PW;   // input column of segment 0, lane 0
+    const int d0 = od * g.SD - g.PD, h0 = oh * g.SH - g.PH;
+    A acc = 0;
+    best_off = -1;
+    for (int kd = 0; kd < g.KD; ++kd) {
+        const int d = d0 + kd;
+        if (d < 0 || d >= g.D) continue;
+        for (int kh = 0; kh < g.KH; ++kh) {
+            const int h = h0 + kh;
+            if (h < 0 || h >= g.H) continue;
+            const T* __restrict__ row = x + offset5<false>(n, c, d, h, 0, g.C, g.D, g.H, g.W);
+            A seg[kMaxSegments];
+            for (int j = 0; j < kMaxSegments; ++j) {
+                const int w = w_first + 32 * j + lane;
+                seg[j] = (j < nseg && w >= 0 && w < g.W) ? gl::to_acc(row[w]) : (A)0;
+            }
+            for (int kw = 0; kw < g.KW; ++kw) {
+                const int rel = lane * g.SW + kw;  // column relative to w_first, in [0, 32 * nseg)
+                A v = 0;
+                for (int j = 0; j < kMaxSegments; ++j) {
+                    if (j >= nseg) break;  // nseg is the same for every lane
+                    const A t = __shfl_sync(0xffffffffu, seg[j], rel & 31);
+                    if ((rel >> 5) == j) v = t;
+                }
+                const int w = w_first + rel;
+                if (w < 0 || w >= g.W) continue;  // a padding cell
+                if (IS_MAX) {
+                    if (best_off < 0 || gl::max_replaces(v, acc)) {
+                        acc = v;
+                        best_off = (kd * g.KH + kh) * g.KW + kw;
+                    }
+                } else {
+                    acc += v;
+                }
+            }
+        }
+    }
+    return acc;
+}
+
+// Rows of up to 32 outputs fill a warp only partly, and a store of one such row straddles
+// sectors: the block's 8 warps take 8 consecutive output rows (contiguous in y), stage their
+// results in shared memory, and the block stores them as one contiguous run.
+constexpr int kRowsBlock = 256;
+
+template <typename T, bool IS_MAX>
+__global__ void __launch_bounds__(kRowsBlock)
+pool_forward_rows(const T* __restrict__ x, T* __restrict__ y, unsigned char* __restrict__ argmax,
+                  int save_argmax, POOL_GEOM_PARAMS) {
     typedef typename gl::Acc<T>::type A;
     const PoolGeom g = POOL_GEOM_ARGS;
-    const int lane = threadIdx.x & 31;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps_per_block = kRowsBlock / 32;
     const int chunks = (g.OW + 31) / 32;
-    const index_t warps = (index_t)g.N * g.C * g.OD * g.OH * chunks;
-    const int nseg = (31 * g.SW + g.KW + 31) / 32;  // segments of 32 input columns, <= kMaxSegments
+    const index_t rows = (index_t)g.N * g.C * g.OD * g.OH;  // output rows (n, c, od, oh), in y's order
+    if (chunks == 1) {
+        __shared__ T staged[kRowsBlock];
+        __shared__ unsigned char staged_off[kRowsBlock];
+        const index_t tiles = (rows + warps_per_block - 1) / warps_per_block;
+        for (index_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+            const index_t row = tile * warps_per_block + warp;
+            if (row < rows) {  // the same for the warp's lanes
+                index_t q = row;
+                const int oh = (int)(q % g.OH); q /= g.OH;
+                const int od = (int)(q % g.OD); q /= g.OD;
+                const int c = (int)(q % g.C);
+                const int n = (int)(q / g.C);
+                int off;
+                const A v = pool_row_chunk<T, IS_MAX>(x, g, n, c, od, oh, 0, off);
+                if (lane < g.OW) {
+                    staged[warp * g.OW + lane] = gl::from_acc<T>(IS_MAX ? v : v / window_count(g, od, oh, lane));
+                    staged_off[warp * g.OW + lane] = (unsigned char)off;
+                }
+            }
+            __syncthreads();
+            const index_t first = tile * warps_per_block * g.OW;  // flat index of the tile's first output
+            const int count = (int)(min(rows - tile * warps_per_block, (index_t)warps_per_block) * g.OW);
+            for (int k = threadIdx.x; k < count; k += kRowsBlock) {
+                y[first + k] = staged[k];
+                if (IS_MAX && save_argmax) argmax[first + k] = staged_off[k];
+            }
+            __syncthreads();
+        }
+        return;
+    }
+    const index_t warps = rows * chunks;
     for (index_t wi = gl::global_thread_index() / 32; wi < warps; wi += gl::grid_stride() / 32) {
         index_t q = wi;  // warp -> (n, c, od, oh, chunk); the same for all its lanes
         const int chunk = (int)(q % chunks); q /= chunks;
@@ -145,51 +229,16 @@ __global__ void pool_forward_rows(const T* __restrict__ x, T* __restrict__ y, un
         const int od = (int)(q % g.OD); q /= g.OD;
         const int c = (int)(q % g.C);
         const int n = (int)(q / g.C);
-        const int ow = chunk * 32 + lane;                // this lane's output column
-        const int w_first = chunk * 32 * g.SW - g.PW;    // input column of segment 0, lane 0
-        const int d0 = od * g.SD - g.PD, h0 = oh * g.SH - g.PH;
-        A acc = 0;
-        int best_off = -1;
-        for (int kd = 0; kd < g.KD; ++kd) {
-            const int d = d0 + kd;
-            if (d < 0 || d >= g.D) continue;
-            for (int kh = 0; kh < g.KH; ++kh) {
-                const int h = h0 + kh;
-                if (h < 0 || h >= g.H) continue;
-                const T* __restrict__ row = x + offset5<false>(n, c, d, h, 0, g.C, g.D, g.H, g.W);
-                A seg[kMaxSegments];
-                for (int j = 0; j < kMaxSegments; ++j) {
-                    const int w = w_first + 32 * j + lane;
-                    seg[j] = (j < nseg && w >= 0 && w < g.W) ? gl::to_acc(row[w]) : (A)0;
-                }
-                for (int kw = 0; kw < g.KW; ++kw) {
-                    const int rel = lane * g.SW + kw;  // column relative to w_first, in [0, 32 * nseg)
-                    A v = 0;
-                    for (int j = 0; j < kMaxSegments; ++j) {
-                        if (j >= nseg) break;  // nseg is the same for every lane
-                        const A t = __shfl_sync(0xffffffffu, seg[j], rel & 31);
-                        if ((rel >> 5) == j) v = t;
-                    }
-                    const int w = w_first + rel;
-                    if (w < 0 || w >= g.W) continue;  // a padding cell
-                    if (IS_MAX) {
-                        if (best_off < 0 || gl::max_replaces(v, acc)) {
-                            acc = v;
-                            best_off = (kd * g.KH + kh) * g.KW + kw;
-                        }
-                    } else {
-                        acc += v;
-                    }
-                }
-            }
-        }
+        const int ow = chunk * 32 + lane;
+        int off;
+        const A v = pool_row_chunk<T, IS_MAX>(x, g, n, c, od, oh, chunk, off);
         if (ow < g.OW) {
             const index_t o = offset5<false>(n, c, od, oh, ow, g.C, g.OD, g.OH, g.OW);
             if (IS_MAX) {
-                y[o] = gl::from_acc<T>(acc);
-                if (save_argmax) argmax[o] = (unsigned char)best_off;
+                y[o] = gl::from_acc<T>(v);
+                if (save_argmax) argmax[o] = (unsigned char)off;
             } else {
-                y[o] = gl::from_acc<T>(acc / window_count(g, od, oh, ow));
+                y[o] = gl::from_acc<T>(v / window_count(g, od, oh, ow));
             }
         }
     }

@@ -401,6 +401,8 @@ def max_pool_forward_kernel(x, pool_size, strides, padding, data_format):
 def _launch_forward(is_max, direct, x, y, extra, y_shape, pool_size, strides, data_format, geom):
     """Launch the row kernel (channels_first, strided columns) or the direct one."""
     if _rows_kernel(x.shape, pool_size, strides, data_format):
+        # a warp per output row chunk of 32 (rows of up to 32 outputs: a block per 8 rows); BLOCK
+        # threads, as kRowsBlock in pooling.cu
         warps = math.prod(y_shape[:-1]) * kernels.ceil_div(y_shape[-1], 32)
         kernels.launch(SOURCE, f"pool_forward_rows<{{T}}, {is_max}>", x.dtype, kernels.grid_1d(32 * warps, BLOCK),
                        BLOCK, (x, y, *extra, *geom))
