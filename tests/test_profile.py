@@ -41,3 +41,19 @@ def test_profile_needs_sim_and_reports_an_unknown_filter(capsys):
         cli.main(["profile"])
     assert profile.run("no-such-layer") == 1
     assert "no case matches" in capsys.readouterr().out
+
+
+def test_profile_report_renders_one_row_per_call(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = tmp_path / "p.json"
+    profile.run("GlobalAveragePooling2D", str(path), out=lambda *a: None)
+    spec = importlib.util.spec_from_file_location(
+        "profile_report", Path(__file__).resolve().parent.parent / "bench" / "profile_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    text = report.table(json.loads(path.read_text()))
+    rows = [line for line in text.splitlines() if line.startswith("| GlobalAveragePooling2D")]
+    assert len(rows) == 8 and all(row.endswith("| — |") for row in rows)  # 4 cases x 2 directions, no miss
+    assert "8 (call, kernel) records; 0 miss a target; 0 hazards." in text
