@@ -13,6 +13,13 @@
 // Windowed pooling: forward is one thread per output element; backward is a gather, one
 // thread per input element that sums the gradient of every window covering it. Each
 // input gradient is written exactly once: deterministic, no atomics, no zero-fill pass.
+// channels_first with a column stride (forward) and channels_first backward run warp-per-row
+// kernels instead (pool_forward_rows, pool_backward_rows): a thread per element would read
+// with a stride between lanes. Measured in the simulator's analysis mode
+// (python -m gpulayers profile --sim, 2x64x28x28): all at the targets except float16 rows of
+// 28 inputs / 14 outputs, whose 56- and 28-byte row reads straddle sector boundaries: 1.26x
+// the ideal load sectors (3x3/2 "same" forward) and 1.75x (average pooling backward's dy);
+// DRAM bytes stay at the minimum.
 // Max pooling records the window offset of the first maximum (row-major, NaN counts as
 // the maximum) in one byte per output when the window has at most 256 cells; otherwise
 // backward recomputes it from x.
