@@ -27,7 +27,7 @@ using gl::index_t;
 // results in global memory, and tiles in shared memory: one array per field, so that
 // consecutive threads touch consecutive words whatever the state's size).
 template <typename T> struct StatsAcc {
-    typedef typename gl::Acc<T>::type A;
+    typedef gl::acc_t<T> A;
     typedef gl::Welford<A> State;
     static const int kFields = 3;  // n, mean, m2
     __device__ static State zero() { State s = {0, 0, 0}; return s; }
@@ -47,7 +47,7 @@ template <typename T> struct StatsAcc {
 
 // (sum dy, sum dy * (x - mean)): the gradient statistics.
 template <typename T> struct GradAcc {
-    typedef typename gl::Acc<T>::type A;
+    typedef gl::acc_t<T> A;
     typedef gl::Sum2<A> State;
     static const int kFields = 2;
     __device__ static State zero() { State s = {0, 0}; return s; }
@@ -68,7 +68,7 @@ template <typename T> struct GradAcc {
 // Inference backward in one pass: the gradient statistics of GradAcc, and dx = dy * scale[c]
 // (scale = gamma / sqrt(moving variance + epsilon)), which does not depend on them.
 template <typename T> struct GradScaleAcc : GradAcc<T> {
-    typedef typename gl::Acc<T>::type A;
+    typedef gl::acc_t<T> A;
     typedef gl::Sum2<A> State;
     __device__ static void add(State& s, const T* x, const T* dy, const A* mean, const A* scale, T* dx, index_t i,
                                int c) {
@@ -86,11 +86,11 @@ template <typename T> struct GradScaleAcc : GradAcc<T> {
 // partial[(split, c)] for split in [0, S).
 template <typename T, typename Acc, int ROWS>
 __global__ void __launch_bounds__(ROWS * 32)
-bn_reduce_rows(const T* __restrict__ x, const T* __restrict__ dy, const typename gl::Acc<T>::type* __restrict__ mean,
-               const typename gl::Acc<T>::type* __restrict__ scale, T* __restrict__ dx,
-               typename gl::Acc<T>::type* __restrict__ partial, index_t R1, int C) {
+bn_reduce_rows(const T* __restrict__ x, const T* __restrict__ dy, const gl::acc_t<T>* __restrict__ mean,
+               const gl::acc_t<T>* __restrict__ scale, T* __restrict__ dx,
+               gl::acc_t<T>* __restrict__ partial, index_t R1, int C) {
     typedef typename Acc::State State;
-    typedef typename gl::Acc<T>::type A;
+    typedef gl::acc_t<T> A;
     static_assert((ROWS & (ROWS - 1)) == 0 && ROWS * 32 <= 1024, "ROWS: a power of two, ROWS * 32 threads");
     __shared__ A tile[Acc::kFields * ROWS * 32];
     const int lane = threadIdx.x & 31;      // channel within the group, in [0, 32)
@@ -118,9 +118,9 @@ bn_reduce_rows(const T* __restrict__ x, const T* __restrict__ dy, const typename
 // (coalesced) and combine with a block reduction.
 template <typename T, typename Acc>
 __global__ void bn_reduce_planes(const T* __restrict__ x, const T* __restrict__ dy,
-                                 const typename gl::Acc<T>::type* __restrict__ mean,
-                                 const typename gl::Acc<T>::type* __restrict__ scale, T* __restrict__ dx,
-                                 typename gl::Acc<T>::type* __restrict__ partial, index_t R1, int C, index_t R2) {
+                                 const gl::acc_t<T>* __restrict__ mean,
+                                 const gl::acc_t<T>* __restrict__ scale, T* __restrict__ dx,
+                                 gl::acc_t<T>* __restrict__ partial, index_t R1, int C, index_t R2) {
     typedef typename Acc::State State;
     __shared__ State scratch[32];
     const int c = blockIdx.x;
@@ -172,10 +172,10 @@ __device__ __forceinline__ typename Acc::State merge_partials(const typename Acc
 // block = FINALIZE_THREADS, grid = ceil(C / FINALIZE_CHANNELS).
 template <typename T>
 __global__ void __launch_bounds__(FINALIZE_THREADS)
-bn_stats_finalize(const typename gl::Acc<T>::type* __restrict__ partial, int S, int C,
-                  typename gl::Acc<T>::type epsilon, typename gl::Acc<T>::type* __restrict__ mean,
-                  typename gl::Acc<T>::type* __restrict__ var, typename gl::Acc<T>::type* __restrict__ inv_std) {
-    typedef typename gl::Acc<T>::type A;
+bn_stats_finalize(const gl::acc_t<T>* __restrict__ partial, int S, int C,
+                  gl::acc_t<T> epsilon, gl::acc_t<T>* __restrict__ mean,
+                  gl::acc_t<T>* __restrict__ var, gl::acc_t<T>* __restrict__ inv_std) {
+    typedef gl::acc_t<T> A;
     __shared__ A tile[StatsAcc<T>::kFields * FINALIZE_THREADS];
     const gl::Welford<A> s = merge_partials<StatsAcc<T>>(partial, S, C, tile);
     const int c = blockIdx.x * FINALIZE_CHANNELS + threadIdx.x % FINALIZE_CHANNELS;
@@ -191,10 +191,10 @@ bn_stats_finalize(const typename gl::Acc<T>::type* __restrict__ partial, int S, 
 // d(loss)/d(gamma). block = FINALIZE_THREADS, grid = ceil(C / FINALIZE_CHANNELS).
 template <typename T>
 __global__ void __launch_bounds__(FINALIZE_THREADS)
-bn_grad_finalize(const typename gl::Acc<T>::type* __restrict__ partial, int S, int C,
-                 const typename gl::Acc<T>::type* __restrict__ inv_std, typename gl::Acc<T>::type* __restrict__ sum_dy,
-                 typename gl::Acc<T>::type* __restrict__ sum_dy_xhat) {
-    typedef typename gl::Acc<T>::type A;
+bn_grad_finalize(const gl::acc_t<T>* __restrict__ partial, int S, int C,
+                 const gl::acc_t<T>* __restrict__ inv_std, gl::acc_t<T>* __restrict__ sum_dy,
+                 gl::acc_t<T>* __restrict__ sum_dy_xhat) {
+    typedef gl::acc_t<T> A;
     __shared__ A tile[GradAcc<T>::kFields * FINALIZE_THREADS];
     const gl::Sum2<A> s = merge_partials<GradAcc<T>>(partial, S, C, tile);
     const int c = blockIdx.x * FINALIZE_CHANNELS + threadIdx.x % FINALIZE_CHANNELS;

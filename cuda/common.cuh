@@ -11,9 +11,10 @@ namespace gl {
 
 typedef long long index_t;  // 64-bit element indices: tensors may exceed 2^31 elements
 
-// Accumulate type: float for float and __half, double for double.
+// Accumulate type: float for float and __half, double for double (acc_t<T>).
 template <typename T> struct Acc { typedef float type; };
 template <> struct Acc<double> { typedef double type; };
+template <typename T> using acc_t = typename Acc<T>::type;
 
 __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
@@ -35,6 +36,10 @@ __device__ __forceinline__ index_t global_thread_index() {
     return (index_t)blockIdx.x * blockDim.x + threadIdx.x;
 }
 __device__ __forceinline__ index_t grid_stride() { return (index_t)blockDim.x * gridDim.x; }
+
+// A grid-stride loop over i in [0, total): GL_FOR_EACH(i, total) { ... }
+#define GL_FOR_EACH(i, total) \
+    for (::gl::index_t i = ::gl::global_thread_index(); i < (total); i += ::gl::grid_stride())
 
 // Tensors are viewed as 5-D (N, C, d_, h_, w_) with three spatial axes. channels_last
 // (CL = true) stores them as (N, d_, h_, w_, C), channels_first as (N, C, d_, h_, w_).
@@ -145,7 +150,6 @@ __device__ __forceinline__ ArgMax<A> shfl_down(ArgMax<A> v, int delta) {
     return r;
 }
 
-// Tree reduction over the 32 lanes of a warp; lane 0 ends with the result.
 struct WelfordOp {
     template <typename A>
     __device__ __forceinline__ Welford<A> operator()(Welford<A> a, Welford<A> b) const {
@@ -179,6 +183,7 @@ template <typename A> __device__ __forceinline__ Sum2<A> shfl_down(Sum2<A> v, in
     return r;
 }
 
+// Tree reduction over the 32 lanes of a warp; lane 0 ends with the result.
 template <typename V, typename Op>
 __device__ __forceinline__ V warp_reduce(V v, Op op) {
     for (int delta = 16; delta > 0; delta >>= 1) v = op(v, shfl_down(v, delta));

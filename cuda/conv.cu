@@ -55,10 +55,10 @@ __device__ __forceinline__ index_t column_source(index_t i, CONV_GEOM_PARAMS) {
 
 // cols (A) <- the windows of x (T). One thread per column element.
 template <typename T, bool CL>
-__global__ void im2col(const T* __restrict__ x, typename gl::Acc<T>::type* __restrict__ cols, CONV_GEOM_PARAMS) {
-    typedef typename gl::Acc<T>::type A;
+__global__ void im2col(const T* __restrict__ x, gl::acc_t<T>* __restrict__ cols, CONV_GEOM_PARAMS) {
+    typedef gl::acc_t<T> A;
     const index_t total = (index_t)N * OH * OW * KH * KW * C;
-    for (index_t i = gl::global_thread_index(); i < total; i += gl::grid_stride()) {
+    GL_FOR_EACH(i, total) {
         const index_t src = column_source<CL>(i, N, C, H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW);
         cols[i] = src < 0 ? (A)0 : gl::to_acc(x[src]);
     }
@@ -75,10 +75,10 @@ __device__ __forceinline__ index_t column_index(int n, int c, int kh, int kw, in
 // x (T) <- sum of the column entries (A) that read each image element. One thread per
 // image element (c fastest for CL, w fastest otherwise); taps in (kh, kw) order.
 template <typename T, bool CL>
-__global__ void col2im(const typename gl::Acc<T>::type* __restrict__ cols, T* __restrict__ x, CONV_GEOM_PARAMS) {
-    typedef typename gl::Acc<T>::type A;
+__global__ void col2im(const gl::acc_t<T>* __restrict__ cols, T* __restrict__ x, CONV_GEOM_PARAMS) {
+    typedef gl::acc_t<T> A;
     const index_t total = (index_t)N * C * H * W;
-    for (index_t i = gl::global_thread_index(); i < total; i += gl::grid_stride()) {
+    GL_FOR_EACH(i, total) {
         index_t r = i;
         int n, c, h, w;
         if (CL) {

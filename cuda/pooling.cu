@@ -53,7 +53,7 @@ struct PoolGeom {
 template <typename T, bool CL>
 __device__ __forceinline__ int window_argmax(const T* __restrict__ x, const PoolGeom& g, int n,
                                              int c, int od, int oh, int ow,
-                                             typename gl::Acc<T>::type& best) {
+                                             gl::acc_t<T>& best) {
     int best_off = -1;
     const int d0 = od * g.SD - g.PD, h0 = oh * g.SH - g.PH, w0 = ow * g.SW - g.PW;
     for (int kd = 0; kd < g.KD; ++kd) {
@@ -65,7 +65,7 @@ __device__ __forceinline__ int window_argmax(const T* __restrict__ x, const Pool
             for (int kw = 0; kw < g.KW; ++kw) {
                 const int w = w0 + kw;
                 if (w < 0 || w >= g.W) continue;
-                const typename gl::Acc<T>::type v =
+                const gl::acc_t<T> v =
                     gl::to_acc(x[offset5<CL>(n, c, d, h, w, g.C, g.D, g.H, g.W)]);
                 if (best_off < 0 || gl::max_replaces(v, best)) {
                     best = v;
@@ -116,10 +116,10 @@ __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y,
                                  POOL_GEOM_PARAMS) {
     const PoolGeom g = POOL_GEOM_ARGS;
     const index_t total = (index_t)g.N * g.C * g.OD * g.OH * g.OW;
-    for (index_t o = gl::global_thread_index(); o < total; o += gl::grid_stride()) {
+    GL_FOR_EACH(o, total) {
         int n, c, od, oh, ow;
         split5<CL>(o, g.C, g.OD, g.OH, g.OW, n, c, od, oh, ow);
-        typename gl::Acc<T>::type best = 0;
+        gl::acc_t<T> best = 0;
         const int off = window_argmax<T, CL>(x, g, n, c, od, oh, ow, best);
         y[o] = gl::from_acc<T>(best);
         if (save_argmax) argmax[o] = (unsigned char)off;
@@ -139,9 +139,9 @@ constexpr int kMaxSegments = 4;
 // One warp's share of pool_forward_rows: the result of output (n, c, od, oh, chunk * 32 + lane)
 // (value and window offset of the first maximum), every lane taking part in the shuffles.
 template <typename T, bool IS_MAX>
-__device__ __forceinline__ typename gl::Acc<T>::type pool_row_chunk(const T* __restrict__ x, const PoolGeom& g, int n,
+__device__ __forceinline__ gl::acc_t<T> pool_row_chunk(const T* __restrict__ x, const PoolGeom& g, int n,
                                                                    int c, int od, int oh, int chunk, int& best_off) {
-    typedef typename gl::Acc<T>::type A;
+    typedef gl::acc_t<T> A;
     const int lane = threadIdx.x & 31;
     const int nseg = (31 * g.SW + g.KW + 31) / 32;  // segments of 32 input columns, <= kMaxSegments
     const int w_first = chunk * 32 * g.SW - g.PW;   // input column of segment 0, lane 0
@@ -193,7 +193,7 @@ template <typename T, bool IS_MAX>
 __global__ void __launch_bounds__(kRowsBlock)
 pool_forward_rows(const T* __restrict__ x, T* __restrict__ y, unsigned char* __restrict__ argmax,
                   int save_argmax, POOL_GEOM_PARAMS) {
-    typedef typename gl::Acc<T>::type A;
+    typedef gl::acc_t<T> A;
     const PoolGeom g = POOL_GEOM_ARGS;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps_per_block = kRowsBlock / 32;
     const int chunks = (g.OW + 31) / 32;
@@ -260,9 +260,9 @@ __global__ void max_pool_backward(const T* __restrict__ x, const unsigned char* 
                                   POOL_GEOM_PARAMS) {
     const PoolGeom g = POOL_GEOM_ARGS;
     const index_t total = (index_t)g.N * g.C * g.D * g.H * g.W;
-    for (index_t i = gl::global_thread_index(); i < total; i += gl::grid_stride()) {
+    GL_FOR_EACH(i, total) {
         const Covering v = covering_outputs<CL>(i, g);
-        typename gl::Acc<T>::type acc = 0;
+        gl::acc_t<T> acc = 0;
         for (int od = v.dlo; od <= v.dhi; ++od) {
             for (int oh = v.hlo; oh <= v.hhi; ++oh) {
                 for (int ow = v.wlo; ow <= v.whi; ++ow) {
@@ -273,13 +273,13 @@ __global__ void max_pool_backward(const T* __restrict__ x, const unsigned char* 
                     if (save_argmax) {
                         winner = argmax[o];
                     } else {
-                        typename gl::Acc<T>::type best = 0;
+                        gl::acc_t<T> best = 0;
                         winner = window_argmax<T, CL>(x, g, v.n, v.c, od, oh, ow, best);
                     }
                     // Read dy whether or not this window's maximum is ours: every lane of the warp
                     // loads, so the request is coalesced (the bytes are fetched either way).
-                    const typename gl::Acc<T>::type g = gl::to_acc(dy[o]);
-                    acc += (winner == mine) ? g : (typename gl::Acc<T>::type)0;
+                    const gl::acc_t<T> g = gl::to_acc(dy[o]);
+                    acc += (winner == mine) ? g : (gl::acc_t<T>)0;
                 }
             }
         }
@@ -298,7 +298,7 @@ constexpr int kRowSegments = 4;
 template <typename T, bool IS_MAX>
 __global__ void pool_backward_rows(const T* __restrict__ dy, const unsigned char* __restrict__ argmax,
                                    T* __restrict__ dx, POOL_GEOM_PARAMS) {
-    typedef typename gl::Acc<T>::type A;
+    typedef gl::acc_t<T> A;
     const PoolGeom g = POOL_GEOM_ARGS;
     const int lane = threadIdx.x & 31;
     const int chunks = (g.W + 31) / 32;
@@ -352,11 +352,11 @@ template <typename T, bool CL>
 __global__ void avg_pool_forward(const T* __restrict__ x, T* __restrict__ y, POOL_GEOM_PARAMS) {
     const PoolGeom g = POOL_GEOM_ARGS;
     const index_t total = (index_t)g.N * g.C * g.OD * g.OH * g.OW;
-    for (index_t o = gl::global_thread_index(); o < total; o += gl::grid_stride()) {
+    GL_FOR_EACH(o, total) {
         int n, c, od, oh, ow;
         split5<CL>(o, g.C, g.OD, g.OH, g.OW, n, c, od, oh, ow);
         const int d0 = od * g.SD - g.PD, h0 = oh * g.SH - g.PH, w0 = ow * g.SW - g.PW;
-        typename gl::Acc<T>::type acc = 0;
+        gl::acc_t<T> acc = 0;
         for (int d = max(d0, 0); d < min(d0 + g.KD, g.D); ++d)
             for (int h = max(h0, 0); h < min(h0 + g.KH, g.H); ++h)
                 for (int w = max(w0, 0); w < min(w0 + g.KW, g.W); ++w)
@@ -370,9 +370,9 @@ template <typename T, bool CL>
 __global__ void avg_pool_backward(const T* __restrict__ dy, T* __restrict__ dx, POOL_GEOM_PARAMS) {
     const PoolGeom g = POOL_GEOM_ARGS;
     const index_t total = (index_t)g.N * g.C * g.D * g.H * g.W;
-    for (index_t i = gl::global_thread_index(); i < total; i += gl::grid_stride()) {
+    GL_FOR_EACH(i, total) {
         const Covering v = covering_outputs<CL>(i, g);
-        typename gl::Acc<T>::type acc = 0;
+        gl::acc_t<T> acc = 0;
         for (int od = v.dlo; od <= v.dhi; ++od)
             for (int oh = v.hlo; oh <= v.hhi; ++oh)
                 for (int ow = v.wlo; ow <= v.whi; ++ow)
@@ -388,9 +388,9 @@ __global__ void avg_pool_backward(const T* __restrict__ dy, T* __restrict__ dx, 
 // First maximum of a contiguous row of length L, reduced over the block (every thread
 // receives it). Threads read the row with stride blockDim.x: coalesced.
 template <typename T>
-__device__ __forceinline__ gl::ArgMax<typename gl::Acc<T>::type> row_argmax(
-    const T* __restrict__ row, index_t L, gl::ArgMax<typename gl::Acc<T>::type>* scratch) {
-    typedef typename gl::Acc<T>::type A;
+__device__ __forceinline__ gl::ArgMax<gl::acc_t<T>> row_argmax(
+    const T* __restrict__ row, index_t L, gl::ArgMax<gl::acc_t<T>>* scratch) {
+    typedef gl::acc_t<T> A;
     gl::ArgMax<A> m = {0, -1};
     for (index_t j = threadIdx.x; j < L; j += blockDim.x) {
         const gl::ArgMax<A> v = {gl::to_acc(row[j]), j};
@@ -406,7 +406,7 @@ __device__ __forceinline__ gl::ArgMax<typename gl::Acc<T>::type> row_argmax(
 template <typename T, bool IS_MAX>
 __global__ void global_pool_forward_rows(const T* __restrict__ x, T* __restrict__ y, int* __restrict__ argmax,
                                          index_t rows, index_t L) {
-    typedef typename gl::Acc<T>::type A;
+    typedef gl::acc_t<T> A;
     __shared__ A sum_scratch[32];
     __shared__ gl::ArgMax<A> max_scratch[32];
     for (index_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -450,7 +450,7 @@ template <typename A> __device__ __forceinline__ MaxAt<A> max_at_combine(MaxAt<A
 template <typename T, bool IS_MAX>
 __global__ void global_pool_forward_cols(const T* __restrict__ x, T* __restrict__ y, int* __restrict__ argmax,
                                          int N, int C, index_t L, int CB) {
-    typedef typename gl::Acc<T>::type A;
+    typedef gl::acc_t<T> A;
     const int RB = blockDim.x / CB;          // rows per block
     const int groups = (C + CB - 1) / CB;
     const int n = blockIdx.x / groups;       // n in [0, N)
@@ -511,8 +511,8 @@ template <typename T, bool CL>
 __global__ void global_max_backward(const T* __restrict__ dy, const int* __restrict__ argmax,
                                     T* __restrict__ dx, int N, int C, index_t L) {
     const index_t total = (index_t)N * C * L;
-    const T zero = gl::from_acc<T>((typename gl::Acc<T>::type)0);
-    for (index_t i = gl::global_thread_index(); i < total; i += gl::grid_stride()) {
+    const T zero = gl::from_acc<T>((gl::acc_t<T>)0);
+    GL_FOR_EACH(i, total) {
         const index_t r = CL ? (i / (L * C)) * C + i % C : i / L;
         const index_t l = CL ? (i / C) % L : i % L;
         const T g = dy[r];
@@ -525,9 +525,9 @@ __global__ void global_max_backward(const T* __restrict__ dy, const int* __restr
 template <typename T, bool CL>
 __global__ void global_avg_backward(const T* __restrict__ dy, T* __restrict__ dx, int N, int C,
                                     index_t L) {
-    typedef typename gl::Acc<T>::type A;
+    typedef gl::acc_t<T> A;
     const index_t total = (index_t)N * C * L;
-    for (index_t i = gl::global_thread_index(); i < total; i += gl::grid_stride()) {
+    GL_FOR_EACH(i, total) {
         const index_t r = CL ? (i / (L * C)) * C + i % C : i / L;
         dx[i] = gl::from_acc<T>(gl::to_acc(dy[r]) / (A)L);
     }

@@ -42,7 +42,7 @@ template <typename A> __device__ __forceinline__ A activation_grad(int code, A a
     }
 }
 
-#define ACC typename gl::Acc<T>::type
+#define ACC gl::acc_t<T>
 
 // Forward step. xw: (B, G u) input projection of this step (input bias included);
 // hu: the recurrent part, h_prev @ U (+ recurrent bias) -- (B, G u) for CELL 0-2, (B, u) =
@@ -57,7 +57,7 @@ __global__ void rnn_step_forward(const ACC* __restrict__ xw, const ACC* __restri
     typedef ACC A;
     const int G = CELL == 0 ? 1 : (CELL == 1 ? 4 : 3);
     const index_t total = (index_t)B * u;
-    for (index_t k = gl::global_thread_index(); k < total; k += gl::grid_stride()) {
+    GL_FOR_EACH(k, total) {
         const index_t b = k / u;
         const int j = (int)(k % u);
         const index_t row = b * G * u;  // start of this batch row in (B, G u) arrays
@@ -110,7 +110,7 @@ __global__ void gru_reset_gate_forward(const ACC* __restrict__ xw, const ACC* __
                                        const ACC* __restrict__ h_prev, ACC* __restrict__ pre,
                                        ACC* __restrict__ rh, int B, int u, int ract) {
     const index_t total = (index_t)B * u;
-    for (index_t k = gl::global_thread_index(); k < total; k += gl::grid_stride()) {
+    GL_FOR_EACH(k, total) {
         const index_t b = k / u;
         const int j = (int)(k % u);
         const index_t row = b * 3 * u;
@@ -138,7 +138,7 @@ __global__ void rnn_step_backward(const ACC* __restrict__ d_out, const ACC* __re
     typedef ACC A;
     const int G = CELL == 0 ? 1 : (CELL == 1 ? 4 : 3);
     const index_t total = (index_t)B * u;
-    for (index_t k = gl::global_thread_index(); k < total; k += gl::grid_stride()) {
+    GL_FOR_EACH(k, total) {
         const index_t b = k / u;
         const int j = (int)(k % u);
         const index_t row = b * G * u;
@@ -192,7 +192,7 @@ __global__ void gru_reset_gate_backward(const ACC* __restrict__ d_rh, const ACC*
                                         const ACC* __restrict__ h_prev, ACC* __restrict__ d_xw,
                                         ACC* __restrict__ dh_direct, int B, int u, int ract) {
     const index_t total = (index_t)B * u;
-    for (index_t k = gl::global_thread_index(); k < total; k += gl::grid_stride()) {
+    GL_FOR_EACH(k, total) {
         const index_t b = k / u;
         const int j = (int)(k % u);
         const index_t row = b * 3 * u;

@@ -33,7 +33,7 @@ __global__ void upsample_nearest_forward(const T* __restrict__ x, T* __restrict_
     const int OD = D * SD, OH = H * SH, OW = W * SW;
     const int CV = CL ? C / VEC : C;  // channel groups
     const index_t total = (index_t)N * CV * OD * OH * OW;
-    for (index_t o = gl::global_thread_index(); o < total; o += gl::grid_stride()) {
+    GL_FOR_EACH(o, total) {
         int n, cv, od, oh, ow;
         split5<CL>(o, CV, OD, OH, OW, n, cv, od, oh, ow);
         const index_t src = offset5<CL>(n, cv, od / SD, oh / SH, ow / SW, CV, D, H, W);
@@ -47,11 +47,11 @@ __global__ void upsample_nearest_forward(const T* __restrict__ x, T* __restrict_
 // Nearest backward: dx[i] = sum of dy over the SD x SH x SW block that repeats input i.
 template <typename T, bool CL, int VEC>
 __global__ void upsample_nearest_backward(const T* __restrict__ dy, T* __restrict__ dx, UPSAMPLE_PARAMS) {
-    typedef typename gl::Acc<T>::type A;
+    typedef gl::acc_t<T> A;
     const int OD = D * SD, OH = H * SH, OW = W * SW;
     const int CV = CL ? C / VEC : C;
     const index_t total = (index_t)N * CV * D * H * W;
-    for (index_t i = gl::global_thread_index(); i < total; i += gl::grid_stride()) {
+    GL_FOR_EACH(i, total) {
         int n, cv, d, h, w;
         split5<CL>(i, CV, D, H, W, n, cv, d, h, w);
         A acc[VEC];
@@ -92,10 +92,10 @@ __device__ __forceinline__ A bilinear_weight(int o, int i, int s, int n) {
 // Bilinear forward (2-D: D == 1, SD == 1). One thread per output element.
 template <typename T, bool CL>
 __global__ void upsample_bilinear_forward(const T* __restrict__ x, T* __restrict__ y, UPSAMPLE_PARAMS) {
-    typedef typename gl::Acc<T>::type A;
+    typedef gl::acc_t<T> A;
     const int OH = H * SH, OW = W * SW;
     const index_t total = (index_t)N * C * OH * OW;
-    for (index_t o = gl::global_thread_index(); o < total; o += gl::grid_stride()) {
+    GL_FOR_EACH(o, total) {
         int n, c, od, oh, ow;
         split5<CL>(o, C, 1, OH, OW, n, c, od, oh, ow);
         int h0, h1, w0, w1;
@@ -118,10 +118,10 @@ __global__ void upsample_bilinear_forward(const T* __restrict__ x, T* __restrict
 // Along an axis, only outputs in [(i - 1) * s, (i + 2) * s) can read input i.
 template <typename T, bool CL>
 __global__ void upsample_bilinear_backward(const T* __restrict__ dy, T* __restrict__ dx, UPSAMPLE_PARAMS) {
-    typedef typename gl::Acc<T>::type A;
+    typedef gl::acc_t<T> A;
     const int OH = H * SH, OW = W * SW;
     const index_t total = (index_t)N * C * H * W;
-    for (index_t i = gl::global_thread_index(); i < total; i += gl::grid_stride()) {
+    GL_FOR_EACH(i, total) {
         int n, c, d, h, w;
         split5<CL>(i, C, 1, H, W, n, c, d, h, w);
         A acc = 0;
@@ -163,7 +163,7 @@ __device__ __forceinline__ void warp_row(index_t wi, int C, int D, int H, int ch
 // dy[w * SW .. w * SW + SW).
 template <typename T>
 __global__ void upsample_nearest_backward_rows(const T* __restrict__ dy, T* __restrict__ dx, UPSAMPLE_PARAMS) {
-    typedef typename gl::Acc<T>::type A;
+    typedef gl::acc_t<T> A;
     const int OD = D * SD, OH = H * SH, OW = W * SW;
     const int lane = threadIdx.x & 31, chunks = (W + 31) / 32;
     const index_t warps = (index_t)N * C * D * H * chunks;
@@ -186,7 +186,7 @@ __global__ void upsample_nearest_backward_rows(const T* __restrict__ dy, T* __re
 // sum over ow in [(w - 1) * SW, (w + 2) * SW) of w_w(ow) * dy[oh, ow].
 template <typename T>
 __global__ void upsample_bilinear_backward_rows(const T* __restrict__ dy, T* __restrict__ dx, UPSAMPLE_PARAMS) {
-    typedef typename gl::Acc<T>::type A;
+    typedef gl::acc_t<T> A;
     const int OH = H * SH, OW = W * SW;
     const int lane = threadIdx.x & 31, chunks = (W + 31) / 32;
     const index_t warps = (index_t)N * C * H * chunks;
