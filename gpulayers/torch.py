@@ -706,9 +706,10 @@ class _Lazy(LazyModuleMixin, _Module):
         values = {**self._gl.params, **self._gl.state}
         with torch.no_grad():
             for name, t in self._named_weights():
-                value = torch.from_numpy(np.ascontiguousarray(values[name]))
-                t.materialize(value.shape, device=x.device, dtype=value.dtype)
-                t.copy_(value)
+                if isinstance(t, (UninitializedParameter, UninitializedBuffer)):  # else loaded from a state dict
+                    value = torch.from_numpy(np.ascontiguousarray(values[name]))
+                    t.materialize(value.shape, device=x.device, dtype=value.dtype)
+                    t.copy_(value)
         self._gl.params, self._gl.state = {}, {}  # the module's tensors are the one place weights live
 
 
