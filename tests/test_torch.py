@@ -372,7 +372,7 @@ def test_torch_compile_fullgraph_matches_eager():
     eager_stats = model[1].moving_mean.clone()
     model.load_state_dict(state)
     model.zero_grad()
-    compiled = torch.compile(model, fullgraph=True, )
+    compiled = torch.compile(model, fullgraph=True)
     xc = x.clone().requires_grad_(True)
     out = compiled(xc)
     out.pow(2).sum().backward()
