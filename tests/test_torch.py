@@ -416,24 +416,31 @@ def test_cuda_tensors_match_cpu(case):
 @gpu
 def test_cuda_stream_and_no_host_sync():
     """Ops launch on PyTorch's current stream (a side stream here: the result read right after
-    on that stream is complete) and never synchronise with the host."""
+    on that stream is complete and right) and never wait for the GPU: behind a long GPU sleep
+    on the stream, forward and backward return while the stream is still busy."""
     model = torch.nn.Sequential(glt.BatchNormalization(axis=1), glt.MaxPooling2D(2, data_format="channels_first"),
-                                glt.UpSampling2D(2, data_format="channels_first")).cuda()
+                                glt.UpSampling2D(2, data_format="channels_first"),
+                                glt.GlobalAveragePooling2D(data_format="channels_first")).cuda()
     x = torch.randn(64, 32, 64, 64, device="cuda")
-    model(x)  # build, compile kernels
+    model.train()
+    model(x).sum().backward()  # build, compile kernels
     reference = model(x).cpu()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         torch.cuda.set_sync_debug_mode("error")
         try:
+            torch.cuda._sleep(2_000_000_000)  # about a second of GPU time
             xs = x.clone().requires_grad_(True)
             y = model(xs)
             y.sum().backward()
+            still_busy = not side.query()
         finally:
             torch.cuda.set_sync_debug_mode(0)
-        copy = y.to("cpu", non_blocking=False)
-    torch.testing.assert_close(copy, reference, rtol=1e-5, atol=1e-5)
+        result = y.to("cpu")
+    assert still_busy, "forward/backward waited for the GPU (a host synchronisation)"
+    torch.testing.assert_close(result, reference, rtol=1e-4, atol=1e-5)
+    assert xs.grad is not None and torch.isfinite(xs.grad).all()
 
 
 @pytest.mark.gpu
