@@ -569,9 +569,9 @@ class _Module(nn.Module):
 
     _layer_class = None
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, _layer=None, **kwargs):
         super().__init__()
-        self._gl = self._layer_class(*args, **kwargs)
+        self._gl = copy.deepcopy(_layer) if _layer is not None else self._layer_class(*args, **kwargs)
 
     @property
     def name(self):
@@ -919,8 +919,29 @@ class Bidirectional(nn.Module):
         return out if len(out) > 1 else out[0]
 
 
+def from_layer(layer):
+    """The gpulayers.torch module of a gpulayers layer: same configuration, and its weights when the
+    layer is built (copied to CPU tensors; move the module with ``.to(device)``)."""
+    if isinstance(layer, _gl.Bidirectional):
+        return Bidirectional(from_layer(layer.forward_layer), merge_mode=layer.merge_mode,
+                             backward_layer=from_layer(layer.backward_layer))
+    cls = globals().get(type(layer).__name__)
+    if not isinstance(layer, _gl.Layer) or cls is None or not issubclass(cls, _Module):
+        raise TypeError(f"from_layer: `layer` must be a gpulayers layer. Received: layer of type "
+                        f"{type(layer).__name__}")
+    module = cls(_layer=layer)
+    weights = layer.get_weights() if layer.built else []
+    module._gl.params, module._gl.state = {}, {}
+    with torch.no_grad():
+        for (name, t), value in zip(module._named_weights(), weights):
+            value = torch.from_numpy(np.ascontiguousarray(value))
+            t.materialize(value.shape, dtype=value.dtype)
+            t.copy_(value)
+    return module
+
+
 __all__ = [
-    "BatchNormalization",
+    "from_layer", "BatchNormalization",
     "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
     "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
     "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",

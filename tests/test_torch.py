@@ -451,3 +451,29 @@ def test_second_cuda_device_is_honoured():
     y = pool(x.to("cuda:1"))
     assert y.device == torch.device("cuda:1")
     torch.testing.assert_close(y.cpu(), pool(x))
+
+
+def test_from_layer_carries_configuration_and_weights():
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    for layer in (gl.GRU(4, return_sequences=True, reset_after=False, use_bias=False, seed=3),
+                  gl.Bidirectional(gl.LSTM(2, seed=4), merge_mode="mul"),
+                  gl.BatchNormalization(axis=1, momentum=0.5), gl.MaxPooling1D(2, padding="same")):
+        expected = layer(x, training=False)
+        module = glt.from_layer(layer).eval()
+        torch.testing.assert_close(module(torch.from_numpy(x)).detach().numpy(), expected, rtol=1e-6, atol=1e-6)
+        for a, e in zip(module.get_weights(), layer.get_weights()):
+            np.testing.assert_array_equal(a, e)
+    with pytest.raises(TypeError, match=r"from_layer: `layer` must be a gpulayers layer. Received: layer of type int"):
+        glt.from_layer(3)
+
+
+def test_bench_times_the_module_path_against_the_layer():
+    import bench.run
+
+    layer = gl.MaxPooling2D(2)
+    xs = [np.random.default_rng(k).standard_normal((2, 6, 6, 3)).astype(np.float32) for k in range(2)]
+    for x in xs:
+        layer(x)
+    row = bench.run.module_case(torch, layer, xs, np.ones((2, 3, 3, 3), np.float32), {}, bench.run.cpu_timer, 2)
+    assert row["module_forward_ms"] > 0 and row["module_backward_ms"] > 0
