@@ -477,3 +477,16 @@ def test_bench_times_the_module_path_against_the_layer():
         layer(x)
     row = bench.run.module_case(torch, layer, xs, np.ones((2, 3, 3, 3), np.float32), {}, bench.run.cpu_timer, 2)
     assert row["module_forward_ms"] > 0 and row["module_backward_ms"] > 0
+
+
+def test_readme_pytorch_example_runs():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## PyTorch: modules"):]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[:code.index("```")]
+    namespace = {}
+    exec(compile(code, "README.md (PyTorch example)", "exec"), namespace)
+    assert namespace["model"](torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert namespace["gru"](torch.randn(4, 10, 8)).shape == (4, 10, 32)
