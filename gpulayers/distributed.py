@@ -5,8 +5,9 @@ Used by ``BatchNormalization(synchronized=True)`` (both ``gpulayers.BatchNormali
 
 - forward: every process contributes (count, mean, M2 = count * biased variance) per
   channel; ONE all-reduce gathers them (each process writes its own row of a zero
-  (world, 3, C) float64 buffer, so the sum is exact), and every process merges the rows in
-  rank order with Chan's pairwise formula -- exact for uneven batch sizes, no sum of squares;
+  (world, 3, C) float64 buffer, so the sum is exact), and every process merges the rows with
+  Chan et al.'s formula (M2 = sum of M2_r + n_r (mean_r - mean)^2) -- exact for uneven batch
+  sizes, no sum of squares;
 - backward: ONE all-reduce (sum) of the two per-channel gradient sums.
 
 Without torch, or without an initialised default process group, the statistics stay local
@@ -111,16 +112,13 @@ def merge_moments(count, mean, var, group=None):
     rows[rank, 1] = mean.reshape(-1)
     rows[rank, 2] = var.reshape(-1).astype(np.float64) * count  # M2
     rows = _all_reduce_sum(rows, group)
-    n, m, m2 = rows[0, 0], rows[0, 1], rows[0, 2]
-    for r in range(1, world):  # Chan et al.: merge (n, m, m2) with process r's moments, in rank order
-        nb, mb, m2b = rows[r, 0], rows[r, 1], rows[r, 2]
-        total = n + nb
-        safe = xp.where(total > 0, total, 1)
-        delta = mb - m
-        m = m + delta * nb / safe
-        m2 = m2 + m2b + delta * delta * n * nb / safe
-        n = total
-    var_all = m2 / xp.where(n > 0, n, 1)
+    counts, means, m2s = rows[:, 0], rows[:, 1], rows[:, 2]
+    # Chan et al.'s merge of k groups: deviations from the merged mean, never a sum of squares
+    n = counts.sum(axis=0)
+    safe = xp.where(n > 0, n, 1)
+    m = (counts * means).sum(axis=0) / safe
+    m2 = (m2s + counts * (means - m) ** 2).sum(axis=0)
+    var_all = m2 / safe
     return n[:1].copy(), m.reshape(shape).astype(mean.dtype), var_all.reshape(shape).astype(var.dtype)
 
 

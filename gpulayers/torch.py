@@ -140,6 +140,8 @@ def pool_forward(x: Tensor, op: str, pool_size: List[int], strides: List[int], p
         argmax = None
         if op == "max":
             y, argmax = _pool.max_pool_forward_kernel(xa, *args) if on_kernels else (_pool.max_pool_forward(xa, *args), None)
+            if x.device.type != "cuda":  # CPU (simulator): backward recomputes, so the shapes depend on the device only
+                argmax = None
         else:
             y = _pool.avg_pool_forward_kernel(xa, *args) if on_kernels else _pool.avg_pool_forward(xa, *args)
         return _tensor(y, [xa]), (_tensor(argmax, [xa]) if argmax is not None else _empty(x, torch.uint8))
@@ -154,8 +156,7 @@ def _pool_out_shape(shape, pool_size, strides, padding, data_format):
 @pool_forward.register_fake
 def _(x, op, pool_size, strides, padding, data_format):
     y_shape = _pool_out_shape(tuple(x.shape), pool_size, strides, padding, data_format)
-    saves = op == "max" and (x.device.type == "cuda" or kernels.simulating()) \
-        and math.prod(pool_size) <= _pool.MAX_SAVED_WINDOW
+    saves = op == "max" and x.device.type == "cuda" and math.prod(pool_size) <= _pool.MAX_SAVED_WINDOW
     return x.new_empty(y_shape), x.new_empty(y_shape if saves else (0,), dtype=torch.uint8)
 
 
@@ -422,14 +423,14 @@ def _bn_setup(ctx, inputs, output):
     _, mean, _, inv_std, count = output
     ctx.save_for_backward(x, gamma, mean, inv_std, count)
     ctx.config = (axes, training, group)
-    ctx.has_gamma, ctx.has_beta = gamma is not None, beta is not None
+    ctx.beta_dtype = beta.dtype if beta is not None else None
 
 
 def _bn_grad(ctx, dy, _dmean, _dvar, _dinv, _dcount):
     x, gamma, mean, inv_std, count = ctx.saved_tensors
     dx, dgamma, dbeta = batch_norm_backward(x, dy, gamma, mean, inv_std, count, *ctx.config)
-    dgamma = dgamma.to(gamma.dtype) if ctx.has_gamma else None
-    dbeta = dbeta.to(dgamma.dtype if dgamma is not None else mean.dtype) if ctx.has_beta else None
+    dgamma = dgamma.to(gamma.dtype) if gamma is not None else None
+    dbeta = dbeta.to(ctx.beta_dtype) if ctx.beta_dtype is not None else None
     return dx, dgamma, dbeta, None, None, None, None, None, None
 
 

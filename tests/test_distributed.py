@@ -59,10 +59,15 @@ def _worker(rank, world, port, out_dir):
         lo, hi = sum(SPLITS[:rank]), sum(SPLITS[:rank + 1])
         x, dy = x_all[lo:hi], dy_all[lo:hi]
         results = {}
+        calls = []
+        all_reduce = dist.all_reduce
+        dist.all_reduce = lambda *a, **k: (calls.append(1), all_reduce(*a, **k))[1]  # counts the collectives
         # gpulayers.BatchNormalization on NumPy arrays, default group
         layer = _built_numpy(weights, synchronized=True)
         results["np_y"] = layer(x, training=True)
+        results["forward_all_reduces"] = len(calls)
         results["np_dx"] = layer.backward(dy)
+        results["backward_all_reduces"] = len(calls) - results["forward_all_reduces"]
         results["np_dgamma"], results["np_dbeta"] = layer.grads["gamma"], layer.grads["beta"]
         results["np_moving"] = np.stack(layer.get_weights()[2:])
         # gpulayers.torch.BatchNormalization, a process group passed in
@@ -104,6 +109,8 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
     dx = single.backward(dy)
     moving = np.stack(single.get_weights()[2:])
     ranks = [np.load(tmp_path / f"rank{r}.npz") for r in range(2)]
+    for r in ranks:
+        assert int(r["forward_all_reduces"]) == 1 and int(r["backward_all_reduces"]) == 1
     for prefix in ("np", "torch"):
         got_y = np.concatenate([r[f"{prefix}_y"] for r in ranks])
         got_dx = np.concatenate([r[f"{prefix}_dx"] for r in ranks])

@@ -218,6 +218,45 @@ def test_gradcheck_float64(case):
                                     eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
+def test_initial_state_and_mask_match_gpulayers_and_gradcheck():
+    rng = np.random.default_rng(19)
+    x = rng.standard_normal((3, 5, 2))
+    h0, c0 = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    mask = rng.uniform(size=(3, 5)) > 0.3
+    mask[:, 0] = False  # a hole at the start, where the initial state carries through
+    module = glt.LSTM(4, return_sequences=True, return_state=True, seed=6)
+    module(torch.zeros(1, 1, 2, dtype=torch.float64))
+    layer = gl.LSTM(4, return_sequences=True, return_state=True, seed=6)
+    layer(np.zeros((1, 1, 2)))
+    layer.set_weights(module.get_weights())
+    expected = layer(x, initial_state=[h0, c0], mask=mask)
+    dys = [rng.standard_normal(e.shape) for e in expected]
+    d_expected = layer.backward(dys)
+    inputs = [torch.from_numpy(a).requires_grad_(True) for a in (x, h0, c0)]
+    outs = module(inputs[0], initial_state=inputs[1:], mask=torch.from_numpy(mask))
+    torch.autograd.backward(outs, [torch.from_numpy(d) for d in dys])
+    for a, e in zip(outs, expected):
+        _assert_close(a.detach().numpy(), e, np.float64, "output")
+    for t, e in zip(inputs, d_expected):  # dx, d h0, d c0
+        _assert_close(t.grad.numpy(), e, np.float64, "gradient")
+    for name, g in layer.grads.items():
+        _assert_close(getattr(module, name).grad.numpy(), g, np.float64, f"gradient of {name}")
+
+    def f(x, h, c):
+        return tuple(module(x, initial_state=[h, c], mask=torch.from_numpy(mask)))
+
+    assert torch.autograd.gradcheck(f, [t.detach().requires_grad_(True) for t in inputs], eps=1e-6, atol=1e-5)
+
+
+def test_float64_inputs_into_float32_weights():
+    bn = _built(lambda m: m.BatchNormalization(axis=1, scale=False), (4, 3))
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    bn.train()
+    y = bn(x)
+    y.pow(2).sum().backward()
+    assert y.dtype == torch.float64 and x.grad.dtype == torch.float64 and bn.beta.grad.dtype == torch.float32
+
+
 def test_float16_matches_gpulayers_layer():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 6, 5, 4)).astype(np.float16)
@@ -410,6 +449,22 @@ def test_cuda_tensors_match_cpu(case):
     _assert_close(xt.grad.cpu().numpy(), dx_cpu, np.float32, "input gradient", normwise=True)
     for (name, p), (_, q) in zip(cuda.named_parameters(), cpu.named_parameters()):
         _assert_close(p.grad.cpu().numpy(), q.grad.numpy(), np.float32, f"gradient of {name}", normwise=True)
+
+
+@pytest.mark.gpu
+@gpu
+def test_opcheck_every_op_on_cuda():
+    def cuda(a):
+        if isinstance(a, torch.Tensor):
+            return a.detach().cuda().requires_grad_(a.requires_grad)
+        return a
+
+    for op, args in _op_samples():
+        if op.name() in ("gpulayers::pool_backward",):  # its argmax comes from a CPU forward: make a CUDA one
+            x, dy = cuda(args[0]), cuda(args[2])
+            _, argmax = torch.ops.gpulayers.pool_forward(x, *args[3:])
+            args = (x, argmax, dy, *args[3:])
+        torch.library.opcheck(op, tuple(cuda(a) for a in args))
 
 
 @pytest.mark.gpu
