@@ -58,11 +58,6 @@ def group_from_key(key: int):
     return None if key == 0 else _groups[key]
 
 
-def active(group=None) -> bool:
-    """True when statistics are merged across processes (an initialised process group)."""
-    return _dist() is not None
-
-
 def _as_torch(a):
     import torch
 

@@ -595,6 +595,9 @@ class _Module(nn.Module):
 
     def get_weights(self) -> list:
         """Parameters and buffers as NumPy arrays, in Keras's ``get_weights()`` order."""
+        if any(isinstance(t, (UninitializedParameter, UninitializedBuffer)) for _, t in self._named_weights()):
+            raise ValueError(f"{self._layer_name()}: get_weights() needs the module built (call it once first). "
+                             f"Received: get_weights() on an unbuilt module")
         return [t.detach().cpu().numpy().copy() for _, t in self._named_weights()]
 
     def set_weights(self, weights) -> None:
@@ -724,6 +727,8 @@ class BatchNormalization(_Lazy):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # the op takes the process group as an int (0: the default group); -1: not synchronized
+        self._group_key = distributed.group_key(self._gl.process_group) if self._gl.synchronized else -1
         for name in self._gl.weight_names:
             if name.startswith("moving"):
                 self.register_buffer(name, UninitializedBuffer())
@@ -752,9 +757,7 @@ class BatchNormalization(_Lazy):
             x, axes, back = _to_nhwc(x), [x.dim() - 1], True
         else:
             back = False
-        group = distributed.group_key(gl.process_group) if gl.synchronized and self.training else -1
-        if group >= 0 and not distributed.active():
-            group = -1
+        group = self._group_key if self.training else -1  # without a process group: one process, a warning
         y, mean, var, _, _ = torch.ops.gpulayers.batch_norm_forward(
             x, getattr(self, "gamma", None), getattr(self, "beta", None), self.moving_mean, self.moving_variance,
             axes, gl.epsilon, self.training, group)

@@ -143,6 +143,20 @@ def test_without_a_process_group_one_process_and_one_warning(monkeypatch):
     np.testing.assert_allclose(dx, plain.backward(dy), rtol=1e-9, atol=1e-9)
 
 
+def test_torch_module_without_a_process_group_warns_once(monkeypatch):
+    import gpulayers.torch as glt
+
+    monkeypatch.setattr(distributed, "_warned", False)
+    x = torch.from_numpy(_data()[0])
+    synced, plain = glt.BatchNormalization(axis=1, synchronized=True), glt.BatchNormalization(axis=1)
+    with pytest.warns(RuntimeWarning, match="no initialised torch.distributed process group"):
+        y = synced(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        synced(x)
+    torch.testing.assert_close(y, plain(x), rtol=1e-12, atol=1e-9)
+
+
 def test_synchronized_argument_is_checked():
     with pytest.raises(TypeError, match=r"BatchNormalization: `synchronized` must be a bool. Received: synchronized=1"):
         gl.BatchNormalization(synchronized=1)

@@ -103,6 +103,8 @@ def test_constructor_and_input_errors_name_layer_and_value():
         bn(torch.ones(2, 4))
     for a, b in zip(bn.get_weights(), before):
         np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"get_weights\(\) needs the module built"):
+        glt.LSTM(2).get_weights()
     with pytest.raises(ValueError, match=r"set_weights\(\) needs the module built"):
         glt.GRU(2).set_weights([np.ones((3, 6)), np.ones((2, 6)), np.ones((2, 6))])
 
