@@ -5,6 +5,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
@@ -547,3 +549,36 @@ def test_readme_pytorch_example_runs():
     exec(compile(code, "README.md (PyTorch example)", "exec"), namespace)
     assert namespace["model"](torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert namespace["gru"](torch.randn(4, 10, 8)).shape == (4, 10, 32)
+
+
+def test_every_module_is_covered_by_the_cases():
+    covered = {type(c[1](glt)).__name__ for c in CASES}
+    assert covered == set(glt.__all__) - {"from_layer"}
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_pooling_modules_match_the_layers_on_random_geometry(data):
+    """Random pool sizes, strides, paddings, layouts and sizes (1-3 spatial axes)."""
+    rank = data.draw(st.integers(1, 3))
+    op = data.draw(st.sampled_from(["MaxPooling", "AveragePooling"]))
+    pool = tuple(data.draw(st.lists(st.integers(1, 3), min_size=rank, max_size=rank)))
+    strides = tuple(data.draw(st.lists(st.integers(1, 3), min_size=rank, max_size=rank)))
+    padding = data.draw(st.sampled_from(["valid", "same"]))
+    data_format = data.draw(st.sampled_from(["channels_last", "channels_first"]))
+    spatial = tuple(data.draw(st.integers(p, p + 4)) for p in pool)
+    c = data.draw(st.integers(1, 3))
+    shape = (2, *spatial, c) if data_format == "channels_last" else (2, c, *spatial)
+    kwargs = dict(pool_size=pool, strides=strides, padding=padding, data_format=data_format)
+    name = f"{op}{rank}D"
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    x = rng.standard_normal(shape)
+    layer = getattr(gl, name)(**kwargs)
+    y = layer(x)
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = getattr(glt, name)(**kwargs)(xt)
+    yt.backward(torch.from_numpy(dy))
+    _assert_close(yt.detach().numpy(), y, np.float64, f"{name} {kwargs} output")
+    _assert_close(xt.grad.numpy(), dx, np.float64, f"{name} {kwargs} input gradient")
