@@ -622,6 +622,9 @@ class _Module(nn.Module):
         return f"name={self._gl.name!r}"
 
 
+_LAYOUT = {"channels_last": "(batch, spatial..., channels)", "channels_first": "(batch, channels, spatial...)"}
+
+
 def _channels_last_view(x, data_format):
     """True when a channels_first input is stored channels_last (torch.channels_last/_3d):
     the op then runs on the NHWC view, with the channels_last kernels, without a copy."""
@@ -643,7 +646,7 @@ class _Pooling(_Module):
     def forward(self, x):
         x = self._check(x)
         gl, layer = self._gl, self._layer_name()
-        validation.rank(layer, "inputs", x, gl.rank + 2, f"(batch, {'spatial..., channels' if gl.data_format == 'channels_last' else 'channels, spatial...'})")
+        validation.rank(layer, "inputs", x, gl.rank + 2, _LAYOUT[gl.data_format])
         _pool._check_geometry(layer, tuple(x.shape), gl.pool_size, gl.strides, gl.padding, gl.data_format)
         op = "max" if gl.op == "max" else "avg"
         config = (op, list(gl.pool_size), list(gl.strides), gl.padding)
@@ -658,7 +661,7 @@ class _GlobalPooling(_Module):
     def forward(self, x):
         x = self._check(x)
         gl, layer = self._gl, self._layer_name()
-        validation.rank(layer, "inputs", x, gl.rank + 2, f"(batch, {'spatial..., channels' if gl.data_format == 'channels_last' else 'channels, spatial...'})")
+        validation.rank(layer, "inputs", x, gl.rank + 2, _LAYOUT[gl.data_format])
         if 0 in x.shape:
             raise ValueError(f"{layer}: `inputs` must not be empty. Received: inputs.shape={tuple(x.shape)}")
         op = "max" if gl.op == "max" else "avg"
@@ -672,8 +675,7 @@ class _UpSampling(_Module):
     def forward(self, x):
         x = self._check(x)
         gl, layer = self._gl, self._layer_name()
-        validation.rank(layer, "inputs", x, gl.rank + 2, "(batch, spatial..., channels)" if gl.data_format
-                        == "channels_last" else "(batch, channels, spatial...)")
+        validation.rank(layer, "inputs", x, gl.rank + 2, _LAYOUT[gl.data_format])
         if 0 in x.shape:
             raise ValueError(f"{layer}: `inputs` must not be empty. Received: inputs.shape={tuple(x.shape)}")
         config = (list(gl.size),)
