@@ -92,11 +92,14 @@ def main():
             print(f"step {step:3d}  loss {loss.item():.4f}  ({world} process(es), {device.type})", flush=True)
 
     module = model.module if distributed else model
+    if distributed:
+        dist.barrier()  # every process has finished training
     if rank == 0:
         print("moving_mean of the first batch norm:", module[1].moving_mean[:4].tolist())
+        print(f"done: {world} process(es) trained {args.steps} steps", flush=True)
     if distributed:
+        del model, module, optimizer  # DDP's reducer holds the group: release it first
         dist.destroy_process_group()
-
 
 if __name__ == "__main__":
     main()

