@@ -341,23 +341,28 @@ def batch_norm_forward(x: Tensor, gamma: Optional[Tensor], beta: Optional[Tensor
         b = _bn._broadcast_shape(xa.shape, axes)
         g = _array(gamma).astype(acc, copy=False) if gamma is not None else xp.ones(shape, acc)
         be = _array(beta).astype(acc, copy=False) if beta is not None else xp.zeros(shape, acc)
-        count = xp.full((1,), float(xa.size // max(math.prod(shape), 1)), np.float64)
+        per_channel = xa.size // max(math.prod(shape), 1)
+        count = xp.full((1,), float(per_channel), np.float64)
         if training:
-            if on_kernels:
+            if xa.size == 0:  # an empty batch: no statistics of its own (count 0: nothing moves)
+                mean, var = xp.zeros(shape, acc), xp.zeros(shape, acc)
+                inv_std = 1 / xp.sqrt(var + acc.type(epsilon))
+            elif on_kernels:
                 mean, var, inv_std = _bn.batch_norm_statistics_kernel(xa, axes, epsilon)
                 mean, var, inv_std = mean.reshape(shape), var.reshape(shape), inv_std.reshape(shape)
             else:
                 mean, var = _bn.batch_norm_statistics(xa, axes)
                 inv_std = 1 / np.sqrt(var + acc.type(epsilon))
-            if group >= 0:
-                count, mean, var = distributed.merge_moments(xa.size // math.prod(shape), mean, var,
-                                                             distributed.group_from_key(group))
+            if group >= 0:  # even with an empty batch: the other processes wait for this one
+                count, mean, var = distributed.merge_moments(per_channel, mean, var, distributed.group_from_key(group))
                 inv_std = 1 / xp.sqrt(var + acc.type(epsilon))
         else:
             mean = _array(moving_mean).astype(acc)
             var = _array(moving_variance).astype(acc)
             inv_std = 1 / xp.sqrt(var + acc.type(epsilon))
-        if on_kernels:
+        if xa.size == 0:
+            y = xp.zeros(xa.shape, xa.dtype)
+        elif on_kernels:
             y = _bn._normalize(xa, mean.reshape(b), inv_std.reshape(b), g.reshape(b), be.reshape(b))
         else:
             y = _bn.batch_norm_forward(xa, mean, var, g, be, epsilon, axes)
@@ -389,14 +394,18 @@ def batch_norm_backward(x: Tensor, dy: Tensor, gamma: Optional[Tensor], mean: Te
         b = _bn._broadcast_shape(xa.shape, axes)
         ma, inv = _array(mean), _array(inv_std)
         g = _array(gamma).astype(acc, copy=False) if gamma is not None else xp.ones(shape, acc)
-        if on_kernels:
+        if xa.size == 0:  # an empty batch: zero sums (still summed with the other processes')
+            dx, sum_dy, sum_dy_xhat = xp.zeros(xa.shape, xa.dtype), xp.zeros(shape, acc), xp.zeros(shape, acc)
+            if training and group >= 0:
+                distributed.sum_gradients(sum_dy, sum_dy_xhat, distributed.group_from_key(group))
+        elif on_kernels:
             sum_dy, sum_dy_xhat = _bn.batch_norm_grad_sums_kernel(xa, dya, ma.reshape(-1), inv.reshape(-1), axes)
             sum_dy, sum_dy_xhat = sum_dy.reshape(shape), sum_dy_xhat.reshape(shape)
         elif training and group >= 0:
             _, sum_dy_xhat, sum_dy = _bn.batch_norm_backward(xa, dya, ma, inv, g, axes, False)
         else:
             dx, sum_dy_xhat, sum_dy = _bn.batch_norm_backward(xa, dya, ma, inv, g, axes, training)
-        if training and (on_kernels or group >= 0):
+        if xa.size and training and (on_kernels or group >= 0):
             g_dy, g_dy_xhat = sum_dy, sum_dy_xhat
             if group >= 0:  # the gradient statistics of every process: one all-reduce
                 g_dy, g_dy_xhat = distributed.sum_gradients(sum_dy, sum_dy_xhat, distributed.group_from_key(group))
@@ -408,7 +417,7 @@ def batch_norm_backward(x: Tensor, dy: Tensor, gamma: Optional[Tensor], mean: Te
                 xhat = (xa.astype(acc) - ma.reshape(b)) * inv.reshape(b)
                 dx = (g.reshape(b) * inv.reshape(b) * (dya.astype(acc) - (g_dy / m).reshape(b)
                                                        - xhat * (g_dy_xhat / m).reshape(b))).astype(xa.dtype)
-        elif on_kernels:
+        elif xa.size and on_kernels:
             dx = _bn._scale(dya, (g * inv).reshape(b))
         return _tensor(dx, [xa, dya]), _tensor(sum_dy_xhat), _tensor(sum_dy)
 
@@ -758,23 +767,22 @@ class BatchNormalization(_Lazy):
         if shape != tuple(self.moving_mean.shape):
             raise ValueError(f"{layer}: `inputs` must have sizes {tuple(self.moving_mean.shape)} on "
                              f"axis {gl.axis}. Received: inputs.shape={tuple(x.shape)}")
-        if self.training and x.numel() == 0:
-            raise ValueError(f"{layer}: `inputs` must not be empty in training. "
-                             f"Received: inputs.shape={tuple(x.shape)}")
         axes = list(gl._axes)
         if _channels_last_view(x, "channels_first") and axes == [1]:
             x, axes, back = _to_nhwc(x), [x.dim() - 1], True
         else:
             back = False
         group = self._group_key if self.training else -1  # without a process group: one process, a warning
-        y, mean, var, _, _ = torch.ops.gpulayers.batch_norm_forward(
+        y, mean, var, _, count = torch.ops.gpulayers.batch_norm_forward(
             x, getattr(self, "gamma", None), getattr(self, "beta", None), self.moving_mean, self.moving_variance,
             axes, gl.epsilon, self.training, group)
         if self.training:
             m = gl.momentum
+            some = count > 0  # an empty batch (on every process) moves nothing
             with torch.no_grad():
-                self.moving_mean.copy_(self.moving_mean * m + mean.detach() * (1 - m))
-                self.moving_variance.copy_(self.moving_variance * m + var.detach() * (1 - m))
+                self.moving_mean.copy_(torch.where(some, self.moving_mean * m + mean * (1 - m), self.moving_mean))
+                self.moving_variance.copy_(torch.where(some, self.moving_variance * m + var * (1 - m),
+                                                       self.moving_variance))
         return _to_nchw(y) if back else y
 
 

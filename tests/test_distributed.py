@@ -70,6 +70,22 @@ def _worker(rank, world, port, out_dir):
         results["backward_all_reduces"] = len(calls) - results["forward_all_reduces"]
         results["np_dgamma"], results["np_dbeta"] = layer.grads["gamma"], layer.grads["beta"]
         results["np_moving"] = np.stack(layer.get_weights()[2:])
+        # an empty batch on rank 0: it still takes part; rank 1 normalises the whole batch
+        layer = _built_numpy(weights, synchronized=True)
+        part = x_all[:0] if rank == 0 else x_all
+        results["empty_y"] = layer(part, training=True)
+        results["empty_dx"] = layer.backward(dy_all[:0] if rank == 0 else dy_all)
+        results["empty_moving"] = np.stack(layer.get_weights()[2:])
+        module = glt.BatchNormalization(axis=1, momentum=MOMENTUM, synchronized=True)
+        module.eval()
+        module(torch.zeros(2, 3, 5, dtype=torch.float64))
+        module.set_weights(weights)
+        module.train()
+        xt = torch.from_numpy(np.ascontiguousarray(part)).requires_grad_(True)
+        y = module(xt)
+        y.backward(torch.from_numpy(np.ascontiguousarray(dy_all[:0] if rank == 0 else dy_all)))
+        results["torch_empty_y"], results["torch_empty_dx"] = y.detach().numpy(), xt.grad.numpy()
+        results["torch_empty_moving"] = np.stack(module.get_weights()[2:])
         # the kernel path (the CuPy code path, here run by the simulator), a process group passed in
         group = dist.new_group([0, 1])
         with gl.simulate():
@@ -132,6 +148,13 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
         for r in ranks:  # every process ends with the statistics of the whole batch
             ok, _, _, message = testing.compare(r[f"{prefix}_moving"], moving, np.float64)
             assert ok, f"{prefix} moving statistics: {message}"
+    for prefix in ("empty", "torch_empty"):
+        assert ranks[0][f"{prefix}_y"].shape == (0, 3, 5) and ranks[0][f"{prefix}_dx"].shape == (0, 3, 5)
+        for what, got, expected in (("y", ranks[1][f"{prefix}_y"], y), ("dx", ranks[1][f"{prefix}_dx"], dx),
+                                    ("moving (rank 0)", ranks[0][f"{prefix}_moving"], moving),
+                                    ("moving (rank 1)", ranks[1][f"{prefix}_moving"], moving)):
+            ok, _, _, message = testing.compare(got, expected, np.float64, normwise=True)
+            assert ok, f"{prefix}: empty batch on rank 0, {what}: {message}"
 
 
 def test_without_a_process_group_one_process_and_one_warning(monkeypatch):

@@ -308,6 +308,23 @@ def test_channels_last_memory_format_and_non_contiguous_inputs():
     torch.testing.assert_close(gru(seq), gru(seq.contiguous()), rtol=0, atol=0)
 
 
+def test_empty_batch_in_training_moves_nothing_as_the_layer():
+    bn = _built(lambda m: m.BatchNormalization(axis=1), (2, 3, 4))
+    layer = gl.BatchNormalization(axis=1)
+    layer(np.zeros((2, 3, 4), np.float32))
+    layer.set_weights(bn.get_weights())
+    before = bn.get_weights()
+    bn.train()
+    x = torch.zeros(0, 3, 4, requires_grad=True)
+    y = bn(x)
+    y.sum().backward()
+    assert y.shape == (0, 3, 4) and x.grad.shape == (0, 3, 4)
+    layer(np.zeros((0, 3, 4), np.float32), training=True)
+    for a, b, e in zip(bn.get_weights(), before, layer.get_weights()):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, e)
+
+
 def test_inputs_without_requires_grad_give_parameter_gradients_only():
     x = torch.randn(4, 3, 2)
     bn = glt.BatchNormalization(axis=1)
