@@ -134,6 +134,8 @@ def pool_forward(x: Tensor, op: str, pool_size: List[int], strides: List[int], p
                  data_format: str) -> Tuple[Tensor, Tensor]:
     """Windowed max ("max") or average ("avg") pooling: (y, one-byte argmax or an empty tensor)."""
     args = (tuple(pool_size), tuple(strides), padding, data_format)
+    if x.numel() == 0:  # an empty batch (or channel axis): an empty output, no kernel launch
+        return (x.new_zeros(_pool_out_shape(tuple(x.shape), *args)), _empty(x, torch.uint8))
     with _device_of(x):
         xa = _array(x)
         _, on_kernels = kernels.kernel_path(xa)
@@ -165,6 +167,8 @@ def pool_backward(x: Tensor, argmax: Tensor, dy: Tensor, op: str, pool_size: Lis
                   padding: str, data_format: str) -> Tensor:
     """d(loss)/dx of :func:`pool_forward`."""
     args = (tuple(pool_size), tuple(strides), padding, data_format)
+    if x.numel() == 0:
+        return torch.zeros_like(x, memory_format=torch.contiguous_format)
     with _device_of(x):
         xa, dya = _array(x), _array(dy)
         _, on_kernels = kernels.kernel_path(xa)
@@ -204,6 +208,8 @@ torch.library.register_autograd("gpulayers::pool_backward", _refuse_double_backw
 @torch.library.custom_op("gpulayers::global_pool_forward", mutates_args=())
 def global_pool_forward(x: Tensor, op: str, data_format: str, keepdims: bool) -> Tensor:
     """Global max ("max") or average ("avg") pooling over every spatial axis."""
+    if x.numel() == 0:
+        return x.new_zeros(_global_out_shape(tuple(x.shape), data_format, keepdims))
     with _device_of(x):
         xa = _array(x)
         _, on_kernels = kernels.kernel_path(xa)
@@ -227,6 +233,8 @@ def _(x, op, data_format, keepdims):
 @torch.library.custom_op("gpulayers::global_pool_backward", mutates_args=())
 def global_pool_backward(x: Tensor, dy: Tensor, op: str, data_format: str) -> Tensor:
     """d(loss)/dx of :func:`global_pool_forward`."""
+    if x.numel() == 0:
+        return torch.zeros_like(x, memory_format=torch.contiguous_format)
     with _device_of(x):
         xa, dya = _array(x), _array(dy)
         c = xa.shape[1] if data_format == "channels_first" else xa.shape[-1]
@@ -262,6 +270,8 @@ torch.library.register_autograd("gpulayers::global_pool_backward",
 def upsample_forward(x: Tensor, size: List[int], data_format: str, interpolation: str) -> Tensor:
     """Nearest or bilinear upsampling by integer factors ``size`` per spatial axis."""
     size = tuple(size)
+    if x.numel() == 0:
+        return x.new_zeros(_up._out_shape(tuple(x.shape), size, data_format))
     with _device_of(x):
         xa = _array(x)
         _, on_kernels = kernels.kernel_path(xa)
@@ -287,6 +297,8 @@ def upsample_backward(dy: Tensor, x_shape: List[int], size: List[int], data_form
                       interpolation: str) -> Tensor:
     """d(loss)/dx of :func:`upsample_forward` for an input of shape ``x_shape``."""
     size = tuple(size)
+    if dy.numel() == 0:
+        return dy.new_zeros(x_shape)
     with _device_of(dy):
         dya = _array(dy)
         _, on_kernels = kernels.kernel_path(dya)
@@ -466,6 +478,10 @@ def rnn_forward(x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Optio
     step (LSTM; else empty), the cell's extra per-step values).
     """
     spec = _spec(cell, units, activation, recurrent_activation, go_backwards, zero_output_for_mask)
+    if x.shape[0] == 0:  # an empty batch: empty outputs and states, no kernel launch
+        return tuple(t.zero_() for t in _rnn_forward_fake(
+            x, kernel, recurrent_kernel, bias, h0, c0, mask, cell, units, activation, recurrent_activation,
+            go_backwards, zero_output_for_mask))
     with _device_of(x):
         xa = _array(x)
         _, on_kernels = kernels.kernel_path(xa)
@@ -483,7 +499,7 @@ def rnn_forward(x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Optio
 
 
 @rnn_forward.register_fake
-def _(x, kernel, recurrent_kernel, bias, h0, c0, mask, cell, units, activation, recurrent_activation,
+def _rnn_forward_fake(x, kernel, recurrent_kernel, bias, h0, c0, mask, cell, units, activation, recurrent_activation,
       go_backwards, zero_output_for_mask):
     batch, steps = x.shape[0], x.shape[1]
     acc = _acc(x.dtype)
@@ -522,6 +538,10 @@ def rnn_backward(d_outputs: Tensor, dh: Tensor, dc: Tensor, x: Tensor, kernel: T
                  zero_output_for_mask: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Backpropagation through time: (dx, d kernel, d recurrent_kernel, d bias (or empty), dh0, dc0 (or empty))."""
     spec = _spec(cell, units, activation, recurrent_activation, go_backwards, zero_output_for_mask)
+    if x.shape[0] == 0:  # an empty batch: zero weight gradients, no kernel launch
+        return tuple(t.zero_() for t in _rnn_backward_fake(
+            d_outputs, dh, dc, x, kernel, recurrent_kernel, bias, mask, pre, h_prev, c_prev, extra, cell, units,
+            activation, recurrent_activation, go_backwards, zero_output_for_mask))
     with _device_of(x):
         xa = _array(x)
         _, on_kernels = kernels.kernel_path(xa)
@@ -542,7 +562,7 @@ def rnn_backward(d_outputs: Tensor, dh: Tensor, dc: Tensor, x: Tensor, kernel: T
 
 
 @rnn_backward.register_fake
-def _(d_outputs, dh, dc, x, kernel, recurrent_kernel, bias, mask, pre, h_prev, c_prev, extra, cell, units,
+def _rnn_backward_fake(d_outputs, dh, dc, x, kernel, recurrent_kernel, bias, mask, pre, h_prev, c_prev, extra, cell, units,
       activation, recurrent_activation, go_backwards, zero_output_for_mask):
     return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(kernel),
             torch.empty_like(recurrent_kernel), torch.empty_like(bias) if bias is not None else kernel.new_empty((0,)),
@@ -638,6 +658,11 @@ class _Module(nn.Module):
         return f"name={self._gl.name!r}"
 
 
+def _on_kernels(x):
+    """True when the ops run the kernels for x: a CUDA tensor, or the simulator."""
+    return x.device.type == "cuda" or kernels.simulating()
+
+
 _LAYOUT = {"channels_last": "(batch, spatial..., channels)", "channels_first": "(batch, channels, spatial...)"}
 
 
@@ -663,7 +688,8 @@ class _Pooling(_Module):
         x = self._check(x)
         gl, layer = self._gl, self._layer_name()
         validation.rank(layer, "inputs", x, gl.rank + 2, _LAYOUT[gl.data_format])
-        _pool._check_geometry(layer, tuple(x.shape), gl.pool_size, gl.strides, gl.padding, gl.data_format)
+        _pool._check_geometry(layer, tuple(x.shape), gl.pool_size, gl.strides, gl.padding, gl.data_format,
+                              _on_kernels(x))
         op = "max" if gl.op == "max" else "avg"
         config = (op, list(gl.pool_size), list(gl.strides), gl.padding)
         if _channels_last_view(x, gl.data_format):
@@ -678,8 +704,13 @@ class _GlobalPooling(_Module):
         x = self._check(x)
         gl, layer = self._gl, self._layer_name()
         validation.rank(layer, "inputs", x, gl.rank + 2, _LAYOUT[gl.data_format])
-        if 0 in x.shape:
-            raise ValueError(f"{layer}: `inputs` must not be empty. Received: inputs.shape={tuple(x.shape)}")
+        spatial = x.shape[2:] if gl.data_format == "channels_first" else x.shape[1:-1]
+        if 0 in spatial:
+            raise ValueError(f"{layer}: `inputs` must not have an empty spatial axis. "
+                             f"Received: inputs.shape={tuple(x.shape)}")
+        if _on_kernels(x):  # the kernels take N and C as 32-bit ints
+            validation.int32_sizes(layer, **{"inputs.shape": (x.shape[0], x.shape[1 if gl.data_format
+                                                                                 == "channels_first" else -1])})
         op = "max" if gl.op == "max" else "avg"
         if _channels_last_view(x, gl.data_format):
             y = torch.ops.gpulayers.global_pool_forward(_to_nhwc(x), op, "channels_last", gl.keepdims)
@@ -692,8 +723,13 @@ class _UpSampling(_Module):
         x = self._check(x)
         gl, layer = self._gl, self._layer_name()
         validation.rank(layer, "inputs", x, gl.rank + 2, _LAYOUT[gl.data_format])
-        if 0 in x.shape:
-            raise ValueError(f"{layer}: `inputs` must not be empty. Received: inputs.shape={tuple(x.shape)}")
+        if _on_kernels(x) and x.numel():
+            spatial = x.shape[2:] if gl.data_format == "channels_first" else x.shape[1:-1]
+            validation.int32_sizes(layer, size=gl.size, **{"inputs.shape": tuple(x.shape)})
+            if any((n + 1) * s >= validation.INT32_LIMIT for n, s in zip(spatial, gl.size)):
+                raise ValueError(f"{layer}: the output's spatial sizes must stay below 2**31 on the kernel path "
+                                 f"(the kernels use 32-bit sizes). Received: size={gl.size}, "
+                                 f"inputs.shape={tuple(x.shape)}")
         config = (list(gl.size),)
         if _channels_last_view(x, gl.data_format):
             return _to_nchw(torch.ops.gpulayers.upsample_forward(_to_nhwc(x), *config, "channels_last",
@@ -767,6 +803,9 @@ class BatchNormalization(_Lazy):
         if shape != tuple(self.moving_mean.shape):
             raise ValueError(f"{layer}: `inputs` must have sizes {tuple(self.moving_mean.shape)} on "
                              f"axis {gl.axis}. Received: inputs.shape={tuple(x.shape)}")
+        if _on_kernels(x) and math.prod(shape) >= validation.INT32_LIMIT:
+            raise ValueError(f"{layer}: the number of channels must be below 2**31 on the kernel path (the "
+                             f"kernels use 32-bit sizes). Received: inputs.shape={tuple(x.shape)}")
         axes = list(gl._axes)
         if _channels_last_view(x, "channels_first") and axes == [1]:
             x, axes, back = _to_nhwc(x), [x.dim() - 1], True
@@ -804,9 +843,11 @@ class _Recurrent(_Lazy):
         if x.shape[-1] != self.kernel.shape[0]:
             raise ValueError(f"{layer}: `inputs` must have {self.kernel.shape[0]} features, as when the layer was "
                              f"built. Received: inputs.shape={tuple(x.shape)}")
-        if x.shape[0] == 0 or x.shape[1] == 0:
-            raise ValueError(f"{layer}: `inputs` must have at least one sample and one time step. "
+        if x.shape[1] == 0:  # a zero-size batch is fine; no time steps is not
+            raise ValueError(f"{layer}: `inputs` must have at least one time step. "
                              f"Received: inputs.shape={tuple(x.shape)}")
+        if _on_kernels(x):
+            validation.int32_sizes(layer, **{"inputs.shape": tuple(x.shape)})
         states = None
         if initial_state is not None:
             states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]

@@ -599,3 +599,25 @@ def test_pooling_modules_match_the_layers_on_random_geometry(data):
     yt.backward(torch.from_numpy(dy))
     _assert_close(yt.detach().numpy(), y, np.float64, f"{name} {kwargs} output")
     _assert_close(xt.grad.numpy(), dx, np.float64, f"{name} {kwargs} input gradient")
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_zero_size_batch_as_the_layer(case):
+    """A batch of 0: empty outputs and input gradient, zero parameter gradients, as the layer."""
+    _, factory, shape, training = case
+    empty = (0,) + shape[1:]
+    module = _built(factory, shape)
+    layer = factory(gl)
+    layer(np.full(shape, 0.5, np.float32), training=False)
+    layer.set_weights(module.get_weights())
+    expected = _listify(layer(np.zeros(empty, np.float32), training=training))
+    module.train(training)
+    x = torch.zeros(empty, requires_grad=True)
+    ys = _listify(module(x))
+    assert [tuple(y.shape) for y in ys] == [e.shape for e in expected]
+    torch.autograd.backward(ys, [torch.zeros_like(y) for y in ys])
+    assert x.grad.shape == empty
+    for name, p in module.named_parameters():
+        assert p.grad is not None and not p.grad.any(), name
+    for a, e in zip(module.get_weights(), layer.get_weights()):
+        np.testing.assert_array_equal(a, e)
