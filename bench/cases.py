@@ -114,5 +114,53 @@ def _torch_rnn(name, features, units):
     return fn
 
 
+def training_cases(big: bool) -> list[Case]:
+    """Conv2D, Conv2DTranspose and Dense against F.conv2d / F.conv_transpose2d / F.linear.
+
+    Our backward computes the weight gradients too; PyTorch's timed backward (autograd.grad
+    w.r.t. the input only) does not, so these rows favour PyTorch on backward."""
+    convs = [(32, 56, 56, 64, 64), (8, 28, 28, 32, 32)] if big else [(8, 28, 28, 32, 32)]
+    cases = []
+    for (n, h, w, c, f), layout, dtype in [(s, lay, dt) for s in convs for lay in ("channels_last", "channels_first")
+                                           for dt in ("float32", "float16")]:
+        shape = (n, h, w, c) if layout == "channels_last" else (n, c, h, w)
+        common = dict(shape=shape, dtype=dtype, layout=layout, quick=(n, h) == convs[-1][:2] and dtype == "float32")
+        cases += [
+            Case(f"Conv2D 3x3 same {c}->{f} (ours +dW)", "conv",
+                 lambda lay=layout, f=f: gl.Conv2D(f, 3, padding="same", data_format=lay, seed=0),
+                 torch_fn=_torch_weighted("conv2d", (f, c, 3, 3), dict(padding=1)), **common),
+            Case(f"Conv2D 3x3/2 valid {c}->{f} (ours +dW)", "conv",
+                 lambda lay=layout, f=f: gl.Conv2D(f, 3, strides=2, data_format=lay, seed=0),
+                 torch_fn=_torch_weighted("conv2d", (f, c, 3, 3), dict(stride=2)), **common),
+            Case(f"Conv2DTranspose 4x4/2 same {c}->{f} (ours +dW)", "conv",
+                 lambda lay=layout, f=f: gl.Conv2DTranspose(f, 4, strides=2, padding="same", data_format=lay, seed=0),
+                 torch_fn=_torch_weighted("conv_transpose2d", (c, f, 4, 4), dict(stride=2, padding=1)), **common),
+        ]
+    for batch, units in ([(1024, 1024), (64, 4096)] if big else [(256, 512)]):
+        for dtype in ("float32", "float16"):
+            cases.append(Case(f"Dense {units}->{units} (ours +dW)", "dense",
+                              lambda units=units: gl.Dense(units, seed=0), shape=(batch, units), dtype=dtype,
+                              layout="batch_features", quick=dtype == "float32",
+                              torch_fn=_torch_weighted("linear", (units, units), {})))
+    return cases
+
+
+def _torch_weighted(op, weight_shape, kwargs):
+    """F.<op>(x, weight, bias, **kwargs) with a weight and bias cached per device and dtype."""
+    cache = {}
+
+    def fn(torch, x):
+        key = (x.device, x.dtype)
+        if key not in cache:
+            g = torch.Generator().manual_seed(0)
+            out_channels = weight_shape[1] if op == "conv_transpose2d" else weight_shape[0]
+            cache[key] = (torch.randn(weight_shape, generator=g).to(device=x.device, dtype=x.dtype) * 0.05,
+                          torch.zeros(out_channels, device=x.device, dtype=x.dtype))
+        weight, bias = cache[key]
+        return getattr(torch.nn.functional, op)(x, weight, bias, **kwargs)
+
+    return fn
+
+
 def all_cases(big: bool) -> list[Case]:
-    return image_cases(big) + recurrent_cases(big)
+    return image_cases(big) + recurrent_cases(big) + training_cases(big)

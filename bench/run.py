@@ -194,7 +194,9 @@ def python_overhead_us(xp, gpu, repeats=300):
     try:
         if not gpu:
             kernels.launch = lambda *a, **k: None
-            kernels._Snippet.__call__ = lambda self, *arrays, **kw: np.empty_like(arrays[0])
+            kernels._Snippet.__call__ = lambda self, *arrays, **kw: (  # noqa: E731
+                np.empty_like(arrays[0]) if self.n_outputs == 1
+                else tuple(np.empty_like(arrays[0]) for _ in range(self.n_outputs)))
         ctx = kernels.simulate() if not gpu else contextlib.nullcontext()
         with ctx:
             for name, make, shape, call in OVERHEAD_LAYERS:

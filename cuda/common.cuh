@@ -142,8 +142,9 @@ __device__ __forceinline__ Welford<A> shfl_down(Welford<A> v, int delta) {
     return r;
 }
 
-// A pair of sums, reduced together.
-template <typename A> struct Sum2 {
+// A pair of sums, reduced together; aligned to its size so that a copy is one 8- or
+// 16-byte access (two 4-byte accesses to consecutive pairs would conflict in shared memory).
+template <typename A> struct __align__(2 * sizeof(A)) Sum2 {
     A a, b;
 };
 struct Sum2Op {
@@ -184,5 +185,95 @@ __device__ __forceinline__ V block_reduce(V v, Op op, V* scratch, V identity) {
     __syncthreads();  // scratch may be reused by the caller after this
     return v;
 }
+
+// ---------------------------------------------------------------------------------------
+// Warp-cooperative reads along one contiguous row (a channels_first row of W elements).
+// Kernels that give lane l an element whose neighbours along the row belong to other lanes
+// (strided windows, upsampling gathers) read with a stride between lanes: every sector is
+// fetched several times over. Instead, the warp loads a span of the row once, coalesced,
+// P = 4 / sizeof(T) elements per lane (one 4-byte word: pairs of halves, quads of bytes;
+// P = 1 for 4- and 8-byte types), SEGS segments of 32 * P elements, and each lane takes the
+// element it needs with warp shuffles. All 32 lanes must call load() and take() together
+// (the same number of times). Elements outside [0, W) of the row read as 0.
+template <bool C, typename A, typename B> struct Select { typedef A type; };
+template <typename A, typename B> struct Select<false, A, B> { typedef B type; };
+
+template <typename T, int SEGS>
+struct WarpRow {
+    static const int P = sizeof(T) >= 4 ? 1 : 4 / (int)sizeof(T);
+    typedef typename Select<(sizeof(T) >= 4), T, unsigned int>::type Word;
+    Word word[SEGS];
+    int first;  // row column of element 0 of segment 0 (word-aligned for P > 1)
+    int nseg;   // segments in use, <= SEGS
+
+    // Loads columns [begin, begin + count) (and a few around them) of `row`, W columns long.
+    __device__ __forceinline__ void load(const T* __restrict__ row, int W, int begin, int count) {
+        const int lane = threadIdx.x & 31;
+        first = begin;
+        if (P > 1) first -= (int)(((unsigned long long)(row + begin) / sizeof(T)) % P);  // align down to a word
+        nseg = (begin + count - first + 32 * P - 1) / (32 * P);
+        for (int j = 0; j < SEGS; ++j) {
+            if (j >= nseg) break;  // the same for every lane
+            const int c0 = first + (32 * j + lane) * P;  // first column of this lane's word
+            if (P == 1) {
+                word[j] = (c0 >= 0 && c0 < W) ? reinterpret_cast<const Word*>(row)[c0] : Word(0);
+            } else if (c0 >= 0 && c0 + P <= W) {
+                word[j] = *reinterpret_cast<const unsigned int*>(row + c0);  // aligned: first is
+            } else {  // the row's ends: element by element, only those inside the row
+                unsigned int w = 0;
+                for (int k = 0; k < P; ++k) {
+                    if (c0 + k < 0 || c0 + k >= W) continue;
+                    const T v = row[c0 + k];
+                    unsigned int bits = 0;
+                    *reinterpret_cast<T*>(&bits) = v;  // the low bytes (little-endian, as every CUDA device)
+                    w |= bits << (8 * sizeof(T) * k);
+                }
+                word[j] = w;
+            }
+        }
+    }
+
+    // Writes columns [begin, begin + count) of `out` (a row of W columns), coalesced, P per
+    // lane as one 4-byte word where the row allows: value(col) gives each column's value and is
+    // called by every lane the same number of times (it may shuffle).
+    template <typename F>
+    static __device__ __forceinline__ void store(T* __restrict__ out, int W, int begin, int count, F value) {
+        const int lane = threadIdx.x & 31;
+        const int first = P > 1 ? begin - (int)(((unsigned long long)(out + begin) / sizeof(T)) % P) : begin;
+        const int nseg = (begin + count - first + 32 * P - 1) / (32 * P);
+        for (int j = 0; j < nseg; ++j) {
+            const int c0 = first + (32 * j + lane) * P;
+            T v[P];
+            for (int k = 0; k < P; ++k) v[k] = value(c0 + k);
+            if (P > 1 && c0 >= begin && c0 + P <= begin + count && c0 + P <= W) {
+                unsigned int w = 0;
+                for (int k = 0; k < P; ++k) {
+                    unsigned int bits = 0;
+                    *reinterpret_cast<T*>(&bits) = v[k];
+                    w |= bits << (8 * sizeof(T) * k);
+                }
+                *reinterpret_cast<unsigned int*>(out + c0) = w;
+            } else {
+                for (int k = 0; k < P; ++k)
+                    if (c0 + k >= begin && c0 + k < begin + count && c0 + k < W) out[c0 + k] = v[k];
+            }
+        }
+    }
+
+    // Element at row column `col` (in the loaded span) as T; every lane must call it.
+    __device__ __forceinline__ T take(int col) const {
+        const int rel = col - first;                 // in [0, nseg * 32 * P)
+        const int src = (rel / P) & 31, seg = rel / (32 * P);
+        Word got = Word(0);
+        for (int j = 0; j < SEGS; ++j) {
+            if (j >= nseg) break;
+            const Word t = __shfl_sync(0xffffffffu, word[j], src);
+            if (j == seg) got = t;
+        }
+        if (P == 1) return *reinterpret_cast<const T*>(&got);
+        const unsigned int bits = *reinterpret_cast<const unsigned int*>(&got) >> (8 * sizeof(T) * (rel % P));
+        return *reinterpret_cast<const T*>(&bits);
+    }
+};
 
 }  // namespace gl

@@ -18,8 +18,10 @@
 // backward recomputes it from x.
 //
 // Global pooling: channels_first reduces each contiguous (n, c) row with one block
-// (block reduction); channels_last gives one thread per (n, c) that walks the spatial
-// positions with stride C (consecutive threads read consecutive channels).
+// (block reduction); channels_last gives a block of up to 1024 threads to each (n, group of
+// 32 channels), rows spread over its warps (consecutive threads read consecutive channels).
+// Global max pooling saves the int32 position of each row's first maximum, so backward only
+// writes dx (no second pass over x).
 #include "common.cuh"
 
 using gl::index_t;
@@ -117,6 +119,82 @@ __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y,
     }
 }
 
+// channels_first forward with a column stride SW > 1. The direct kernels above give
+// consecutive lanes consecutive outputs, so their loads are SW elements apart: each sector is
+// fetched SW times over. Here one warp takes 32 consecutive outputs of one output row
+// (n, c, od, oh), lane = output column (lanes past the row's end only help load). For each
+// input row its windows touch, the warp loads the columns [w_first, w_first + 32 * nseg) as
+// nseg coalesced 32-element segments, and each lane takes its window's cells from them with
+// warp shuffles. Same cells in the same order as the direct kernels: identical results.
+// Needs 31 * SW + KW <= 32 * kMaxSegments (Python checks; otherwise it launches the direct one).
+constexpr int kMaxSegments = 4;
+
+template <typename T, bool IS_MAX>
+__global__ void pool_forward_rows(const T* __restrict__ x, T* __restrict__ y, unsigned char* __restrict__ argmax,
+                                  int save_argmax, POOL_GEOM_PARAMS) {
+    typedef typename gl::Acc<T>::type A;
+    const PoolGeom g = POOL_GEOM_ARGS;
+    const int lane = threadIdx.x & 31;
+    const int chunks = (g.OW + 31) / 32;
+    const index_t warps = (index_t)g.N * g.C * g.OD * g.OH * chunks;
+    const int nseg = (31 * g.SW + g.KW + 31) / 32;  // segments of 32 input columns, <= kMaxSegments
+    for (index_t wi = gl::global_thread_index() / 32; wi < warps; wi += gl::grid_stride() / 32) {
+        index_t q = wi;  // warp -> (n, c, od, oh, chunk); the same for all its lanes
+        const int chunk = (int)(q % chunks); q /= chunks;
+        const int oh = (int)(q % g.OH); q /= g.OH;
+        const int od = (int)(q % g.OD); q /= g.OD;
+        const int c = (int)(q % g.C);
+        const int n = (int)(q / g.C);
+        const int ow = chunk * 32 + lane;                // this lane's output column
+        const int w_first = chunk * 32 * g.SW - g.PW;    // input column of segment 0, lane 0
+        const int d0 = od * g.SD - g.PD, h0 = oh * g.SH - g.PH;
+        A acc = 0;
+        int best_off = -1;
+        for (int kd = 0; kd < g.KD; ++kd) {
+            const int d = d0 + kd;
+            if (d < 0 || d >= g.D) continue;
+            for (int kh = 0; kh < g.KH; ++kh) {
+                const int h = h0 + kh;
+                if (h < 0 || h >= g.H) continue;
+                const T* __restrict__ row = x + offset5<false>(n, c, d, h, 0, g.C, g.D, g.H, g.W);
+                A seg[kMaxSegments];
+                for (int j = 0; j < kMaxSegments; ++j) {
+                    const int w = w_first + 32 * j + lane;
+                    seg[j] = (j < nseg && w >= 0 && w < g.W) ? gl::to_acc(row[w]) : (A)0;
+                }
+                for (int kw = 0; kw < g.KW; ++kw) {
+                    const int rel = lane * g.SW + kw;  // column relative to w_first, in [0, 32 * nseg)
+                    A v = 0;
+                    for (int j = 0; j < kMaxSegments; ++j) {
+                        if (j >= nseg) break;  // nseg is the same for every lane
+                        const A t = __shfl_sync(0xffffffffu, seg[j], rel & 31);
+                        if ((rel >> 5) == j) v = t;
+                    }
+                    const int w = w_first + rel;
+                    if (w < 0 || w >= g.W) continue;  // a padding cell
+                    if (IS_MAX) {
+                        if (best_off < 0 || gl::max_replaces(v, acc)) {
+                            acc = v;
+                            best_off = (kd * g.KH + kh) * g.KW + kw;
+                        }
+                    } else {
+                        acc += v;
+                    }
+                }
+            }
+        }
+        if (ow < g.OW) {
+            const index_t o = offset5<false>(n, c, od, oh, ow, g.C, g.OD, g.OH, g.OW);
+            if (IS_MAX) {
+                y[o] = gl::from_acc<T>(acc);
+                if (save_argmax) argmax[o] = (unsigned char)best_off;
+            } else {
+                y[o] = gl::from_acc<T>(acc / window_count(g, od, oh, ow));
+            }
+        }
+    }
+}
+
 // dx[i] = sum of dy[o] over the windows o whose first maximum is input i.
 // One thread per input element, i in [0, N*C*D*H*W). With save_argmax == 0 the window
 // offsets are recomputed from x (windows of more than 256 cells).
@@ -142,11 +220,74 @@ __global__ void max_pool_backward(const T* __restrict__ x, const unsigned char* 
                         typename gl::Acc<T>::type best = 0;
                         winner = window_argmax<T, CL>(x, g, v.n, v.c, od, oh, ow, best);
                     }
-                    if (winner == mine) acc += gl::to_acc(dy[o]);
+                    // Read dy whether or not this window's maximum is ours: every lane of the warp
+                    // loads, so the request is coalesced (the bytes are fetched either way).
+                    const typename gl::Acc<T>::type g = gl::to_acc(dy[o]);
+                    acc += (winner == mine) ? g : (typename gl::Acc<T>::type)0;
                 }
             }
         }
         dx[i] = gl::from_acc<T>(acc);
+    }
+}
+
+// channels_first backward (a gather, like the kernels above), a warp per 32 consecutive input
+// columns w of one input row (n, c, d, h): for each output row (od, oh) covering it, the warp
+// loads the dy columns (and one-byte window offsets) its lanes need as coalesced segments
+// (gl::WarpRow: 4 bytes per lane), and each lane takes its covering outputs by shuffles.
+// Same outputs in the same order as the direct kernels: identical results. Python launches it
+// when the warp's columns fit in kRowSegments segments (and max pooling kept its offsets).
+constexpr int kRowSegments = 4;
+
+template <typename T, bool IS_MAX>
+__global__ void pool_backward_rows(const T* __restrict__ dy, const unsigned char* __restrict__ argmax,
+                                   T* __restrict__ dx, POOL_GEOM_PARAMS) {
+    typedef typename gl::Acc<T>::type A;
+    const PoolGeom g = POOL_GEOM_ARGS;
+    const int lane = threadIdx.x & 31;
+    const int chunks = (g.W + 31) / 32;
+    const index_t warps = (index_t)g.N * g.C * g.D * g.H * chunks;
+    const int per_lane = (g.KW + g.SW - 1) / g.SW;  // most outputs covering one column
+    for (index_t wi = gl::global_thread_index() / 32; wi < warps; wi += gl::grid_stride() / 32) {
+        index_t q = wi;  // warp -> (n, c, d, h, chunk)
+        const int chunk = (int)(q % chunks); q /= chunks;
+        const int h = (int)(q % g.H); q /= g.H;
+        const int d = (int)(q % g.D); q /= g.D;
+        const int c = (int)(q % g.C);
+        const int n = (int)(q / g.C);
+        const int w = chunk * 32 + lane;
+        int dlo, dhi, hlo, hhi, wlo, whi, first_lo, first_hi, last_lo, last_hi;
+        covering(d, g.PD, g.KD, g.SD, g.OD, dlo, dhi);
+        covering(h, g.PH, g.KH, g.SH, g.OH, hlo, hhi);
+        covering(w, g.PW, g.KW, g.SW, g.OW, wlo, whi);
+        covering(chunk * 32, g.PW, g.KW, g.SW, g.OW, first_lo, first_hi);
+        covering(chunk * 32 + 31, g.PW, g.KW, g.SW, g.OW, last_lo, last_hi);
+        const int span_hi = max(last_hi, first_lo);  // the warp's output columns: [first_lo, span_hi]
+        A acc = 0;
+        for (int od = dlo; od <= dhi; ++od) {
+            for (int oh = hlo; oh <= hhi; ++oh) {
+                const index_t row = offset5<false>(n, c, od, oh, 0, g.C, g.OD, g.OH, g.OW);
+                gl::WarpRow<T, kRowSegments> grads;
+                grads.load(dy + row, g.OW, first_lo, span_hi - first_lo + 1);
+                gl::WarpRow<unsigned char, kRowSegments> offsets;
+                if (IS_MAX) offsets.load(argmax + row, g.OW, first_lo, span_hi - first_lo + 1);
+                for (int k = 0; k < per_lane; ++k) {
+                    const int ow = wlo + k;
+                    const int col = min(max(ow, first_lo), span_hi);
+                    const A gv = gl::to_acc(grads.take(col));
+                    const int winner = IS_MAX ? (int)offsets.take(col) : 0;
+                    if (ow > whi) continue;
+                    if (IS_MAX) {
+                        const int mine = ((d - (od * g.SD - g.PD)) * g.KH + (h - (oh * g.SH - g.PH))) * g.KW +
+                                         (w - (ow * g.SW - g.PW));
+                        acc += (winner == mine) ? gv : (A)0;
+                    } else {
+                        acc += gv / window_count(g, od, oh, ow);
+                    }
+                }
+            }
+        }
+        if (w < g.W) dx[offset5<false>(n, c, d, h, w, g.C, g.D, g.H, g.W)] = gl::from_acc<T>(acc);
     }
 }
 
@@ -207,7 +348,7 @@ __device__ __forceinline__ gl::ArgMax<typename gl::Acc<T>::type> row_argmax(
 // the block's threads read the contiguous row with stride blockDim.x and reduce.
 // blockDim.x must be a multiple of 32.
 template <typename T, bool IS_MAX>
-__global__ void global_pool_forward_rows(const T* __restrict__ x, T* __restrict__ y,
+__global__ void global_pool_forward_rows(const T* __restrict__ x, T* __restrict__ y, int* __restrict__ argmax,
                                          index_t rows, index_t L) {
     typedef typename gl::Acc<T>::type A;
     __shared__ A sum_scratch[32];
@@ -216,7 +357,10 @@ __global__ void global_pool_forward_rows(const T* __restrict__ x, T* __restrict_
         const T* row = x + r * L;
         if (IS_MAX) {
             const gl::ArgMax<A> m = row_argmax(row, L, max_scratch);
-            if (threadIdx.x == 0) y[r] = gl::from_acc<T>(m.value);
+            if (threadIdx.x == 0) {
+                y[r] = gl::from_acc<T>(m.value);
+                argmax[r] = (int)m.index;
+            }
         } else {
             A s = 0;
             for (index_t j = threadIdx.x; j < L; j += blockDim.x) s += gl::to_acc(row[j]);
@@ -226,67 +370,102 @@ __global__ void global_pool_forward_rows(const T* __restrict__ x, T* __restrict_
     }
 }
 
-// channels_first max backward: one block per row recomputes the row's first maximum,
-// then writes the whole row of dx (dy at the maximum, zero elsewhere).
-template <typename T>
-__global__ void global_max_backward_rows(const T* __restrict__ x, const T* __restrict__ dy,
-                                         T* __restrict__ dx, index_t rows, index_t L) {
-    typedef typename gl::Acc<T>::type A;
-    __shared__ gl::ArgMax<A> max_scratch[32];
-    for (index_t r = blockIdx.x; r < rows; r += gridDim.x) {
-        const gl::ArgMax<A> m = row_argmax(x + r * L, L, max_scratch);
-        const T g = dy[r];
-        const T zero = gl::from_acc<T>(A(0));
-        for (index_t j = threadIdx.x; j < L; j += blockDim.x) dx[r * L + j] = (j == m.index) ? g : zero;
-    }
+// channels_last forward: x is (N, L, C). A block of RB rows x CB channels (CB = 32 when
+// C >= 32, else C, so that consecutive threads read consecutive addresses; RB * CB <= 1024)
+// covers channels [g * CB, g * CB + CB) of one batch row; blockIdx.x = n * groups + g.
+// Thread (r, c) folds positions l = r, r + RB, ... of its channel in order; the RB partial
+// results of a channel are then combined by a fixed tree in shared memory (deterministic).
+// Max pooling also writes the position of the first maximum (int32) for backward.
+// Dynamic shared memory: blockDim.x sums, or blockDim.x values and blockDim.x int positions.
+extern __shared__ __align__(16) unsigned char pool_scratch[];
+
+template <typename A> struct MaxAt {
+    A value;
+    int index;  // -1: empty
+};
+template <typename A> __device__ __forceinline__ MaxAt<A> max_at_combine(MaxAt<A> a, MaxAt<A> b) {
+    if (a.index < 0) return b;
+    if (b.index < 0) return a;
+    if (gl::max_replaces(b.value, a.value)) return b;
+    if (gl::max_replaces(a.value, b.value)) return a;
+    return b.index < a.index ? b : a;  // equal values, or both NaN: the first position
 }
 
-// channels_last forward: one thread per (n, c); x is (N, L, C).
 template <typename T, bool IS_MAX>
-__global__ void global_pool_forward_cols(const T* __restrict__ x, T* __restrict__ y, int N, int C,
-                                         index_t L) {
+__global__ void global_pool_forward_cols(const T* __restrict__ x, T* __restrict__ y, int* __restrict__ argmax,
+                                         int N, int C, index_t L, int CB) {
     typedef typename gl::Acc<T>::type A;
-    const index_t total = (index_t)N * C;
-    for (index_t r = gl::global_thread_index(); r < total; r += gl::grid_stride()) {
-        const index_t n = r / C, c = r % C;
-        const T* base = x + n * L * C + c;
-        A acc = gl::to_acc(base[0]);
-        for (index_t j = 1; j < L; ++j) {
-            const A v = gl::to_acc(base[j * C]);
-            if (IS_MAX) {
-                if (gl::max_replaces(v, acc)) acc = v;
-            } else {
-                acc += v;
+    const int RB = blockDim.x / CB;          // rows per block
+    const int groups = (C + CB - 1) / CB;
+    const int n = blockIdx.x / groups;       // n in [0, N)
+    const int cl = threadIdx.x % CB;         // channel within the group, in [0, CB)
+    const int r = threadIdx.x / CB;          // row offset, in [0, RB) when active
+    const int c = (blockIdx.x % groups) * CB + cl;
+    const bool active = r < RB && c < C;
+    const T* __restrict__ column = x + (index_t)n * L * C + c;
+    int rows = 1;
+    while (rows < RB) rows <<= 1;  // tree width: RB rounded up to a power of two
+    if (IS_MAX) {
+        // values and positions in two arrays: consecutive threads touch consecutive words
+        A* values = reinterpret_cast<A*>(pool_scratch);
+        int* positions = reinterpret_cast<int*>(values + blockDim.x);
+        MaxAt<A> m = {A(0), -1};
+        if (active)
+            for (index_t l = r; l < L; l += RB) {
+                const A v = gl::to_acc(column[l * C]);
+                if (m.index < 0 || gl::max_replaces(v, m.value)) { m.value = v; m.index = (int)l; }
             }
+        values[threadIdx.x] = m.value;
+        positions[threadIdx.x] = m.index;
+        __syncthreads();
+        for (int s = rows / 2; s > 0; s >>= 1) {
+            if (active && r < s && r + s < RB) {
+                const MaxAt<A> a = {values[threadIdx.x], positions[threadIdx.x]};
+                const MaxAt<A> b = {values[threadIdx.x + s * CB], positions[threadIdx.x + s * CB]};
+                m = max_at_combine(a, b);
+                values[threadIdx.x] = m.value;
+                positions[threadIdx.x] = m.index;
+            }
+            __syncthreads();
         }
-        y[r] = gl::from_acc<T>(IS_MAX ? acc : acc / (A)L);
+        if (active && r == 0) {
+            y[(index_t)n * C + c] = gl::from_acc<T>(values[threadIdx.x]);
+            argmax[(index_t)n * C + c] = positions[threadIdx.x];
+        }
+    } else {
+        A* tile = reinterpret_cast<A*>(pool_scratch);
+        A sum = 0;
+        if (active)
+            for (index_t l = r; l < L; l += RB) sum += gl::to_acc(column[l * C]);
+        tile[threadIdx.x] = sum;
+        __syncthreads();
+        for (int s = rows / 2; s > 0; s >>= 1) {
+            if (active && r < s && r + s < RB) tile[threadIdx.x] += tile[threadIdx.x + s * CB];
+            __syncthreads();
+        }
+        if (active && r == 0) y[(index_t)n * C + c] = gl::from_acc<T>(tile[threadIdx.x] / (A)L);
     }
 }
 
-// channels_last max backward: one thread per (n, c) finds the first maximum along L,
-// then writes dx for its column.
-template <typename T>
-__global__ void global_max_backward_cols(const T* __restrict__ x, const T* __restrict__ dy,
-                                         T* __restrict__ dx, int N, int C, index_t L) {
-    typedef typename gl::Acc<T>::type A;
-    const index_t total = (index_t)N * C;
-    for (index_t r = gl::global_thread_index(); r < total; r += gl::grid_stride()) {
-        const index_t n = r / C, c = r % C;
-        const index_t base = n * L * C + c;
-        A best = gl::to_acc(x[base]);
-        index_t best_j = 0;
-        for (index_t j = 1; j < L; ++j) {
-            const A v = gl::to_acc(x[base + j * C]);
-            if (gl::max_replaces(v, best)) { best = v; best_j = j; }
-        }
+// Global max backward, both layouts: dx[i] = dy[row] where i is its row's first maximum
+// (argmax saved by the forward pass), else 0. One thread per input element: reads the
+// small dy and argmax, writes dx coalesced. row(i) = i / L for channels_first, and
+// (i / (L*C)) * C + i % C for channels_last, with position l = i % L or (i / C) % L.
+template <typename T, bool CL>
+__global__ void global_max_backward(const T* __restrict__ dy, const int* __restrict__ argmax,
+                                    T* __restrict__ dx, int N, int C, index_t L) {
+    const index_t total = (index_t)N * C * L;
+    const T zero = gl::from_acc<T>((typename gl::Acc<T>::type)0);
+    for (index_t i = gl::global_thread_index(); i < total; i += gl::grid_stride()) {
+        const index_t r = CL ? (i / (L * C)) * C + i % C : i / L;
+        const index_t l = CL ? (i / C) % L : i % L;
         const T g = dy[r];
-        const T zero = gl::from_acc<T>(A(0));
-        for (index_t j = 0; j < L; ++j) dx[base + j * C] = (j == best_j) ? g : zero;
+        dx[i] = (l == (index_t)argmax[r]) ? g : zero;
     }
 }
 
 // Global average backward, both layouts: dx[i] = dy[row(i)] / L. One thread per input
-// element; row(i) = i / L for channels_first, (i / (L*C)) * C + i % C for channels_last.
+// element; row(i) as above.
 template <typename T, bool CL>
 __global__ void global_avg_backward(const T* __restrict__ dy, T* __restrict__ dx, int N, int C,
                                     index_t L) {

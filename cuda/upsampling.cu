@@ -134,3 +134,104 @@ __global__ void upsample_bilinear_backward(const T* __restrict__ dy, T* __restri
         dx[i] = gl::from_acc<T>(acc);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// channels_first backward passes as warp-per-row gathers. The direct kernels above give lane
+// w the dy columns [w * SW, ...): SW elements apart between lanes, so each sector is fetched
+// SW times over. Here a warp takes 32 consecutive input columns of one input row; for each
+// output row it reads, it loads the dy columns the warp needs once as coalesced segments
+// (gl::WarpRow, 4 bytes per lane) and each lane takes its own by warp shuffles. Same terms in
+// the same order as the direct kernels: identical results. Python launches them when the
+// columns fit in kRowSegments segments.
+constexpr int kRowSegments = 4;
+
+// Decomposes warp index wi into (n, c, d, h, chunk of 32 columns) of an (N, C, D, H, W) view.
+__device__ __forceinline__ void warp_row(index_t wi, int C, int D, int H, int chunks, int& n, int& c, int& d,
+                                         int& h, int& chunk) {
+    chunk = (int)(wi % chunks); wi /= chunks;
+    h = (int)(wi % H); wi /= H;
+    d = (int)(wi % D); wi /= D;
+    c = (int)(wi % C);
+    n = (int)(wi / C);
+}
+
+// Nearest: dx[w] = sum over the SD x SH output rows repeating input row (d, h) of
+// dy[w * SW .. w * SW + SW).
+template <typename T>
+__global__ void upsample_nearest_backward_rows(const T* __restrict__ dy, T* __restrict__ dx, UPSAMPLE_PARAMS) {
+    typedef typename gl::Acc<T>::type A;
+    const int OD = D * SD, OH = H * SH, OW = W * SW;
+    const int lane = threadIdx.x & 31, chunks = (W + 31) / 32;
+    const index_t warps = (index_t)N * C * D * H * chunks;
+    for (index_t wi = gl::global_thread_index() / 32; wi < warps; wi += gl::grid_stride() / 32) {
+        int n, c, d, h, chunk;
+        warp_row(wi, C, D, H, chunks, n, c, d, h, chunk);
+        const int w = chunk * 32 + lane;
+        A acc = 0;
+        for (int od = d * SD; od < (d + 1) * SD; ++od)
+            for (int oh = h * SH; oh < (h + 1) * SH; ++oh) {
+                gl::WarpRow<T, kRowSegments> row;
+                row.load(dy + offset5<false>(n, c, od, oh, 0, C, OD, OH, OW), OW, chunk * 32 * SW, 32 * SW);
+                for (int k = 0; k < SW; ++k) acc += gl::to_acc(row.take(w * SW + k));
+            }
+        if (w < W) dx[offset5<false>(n, c, d, h, w, C, D, H, W)] = gl::from_acc<T>(acc);
+    }
+}
+
+// Bilinear (D == 1): dx[w] = sum over output rows oh reading input row h of w_h(oh) times the
+// sum over ow in [(w - 1) * SW, (w + 2) * SW) of w_w(ow) * dy[oh, ow].
+template <typename T>
+__global__ void upsample_bilinear_backward_rows(const T* __restrict__ dy, T* __restrict__ dx, UPSAMPLE_PARAMS) {
+    typedef typename gl::Acc<T>::type A;
+    const int OH = H * SH, OW = W * SW;
+    const int lane = threadIdx.x & 31, chunks = (W + 31) / 32;
+    const index_t warps = (index_t)N * C * H * chunks;
+    for (index_t wi = gl::global_thread_index() / 32; wi < warps; wi += gl::grid_stride() / 32) {
+        int n, c, d, h, chunk;
+        warp_row(wi, C, 1, H, chunks, n, c, d, h, chunk);
+        const int w = chunk * 32 + lane;
+        const int begin = max((chunk * 32 - 1) * SW, 0), end = min((chunk * 32 + 33) * SW, OW);  // [begin, end)
+        A acc = 0;
+        for (int oh = max((h - 1) * SH, 0); oh < min((h + 2) * SH, OH); ++oh) {
+            const A wh = bilinear_weight<A>(oh, h, SH, H);
+            if (wh == (A)0) continue;  // the same for the whole warp (one input row)
+            gl::WarpRow<T, kRowSegments> row;
+            row.load(dy + offset5<false>(n, c, 0, oh, 0, C, 1, OH, OW), OW, begin, end - begin);
+            A sum = 0;
+            for (int k = 0; k < 3 * SW; ++k) {
+                const int ow = (w - 1) * SW + k;
+                const A v = gl::to_acc(row.take(min(max(ow, begin), end - 1)));
+                if (ow < 0 || ow >= OW) continue;
+                const A ww = bilinear_weight<A>(ow, w, SW, W);
+                if (ww != (A)0) sum += ww * v;
+            }
+            acc += wh * sum;
+        }
+        if (w < W) dx[offset5<false>(n, c, 0, h, w, C, 1, H, W)] = gl::from_acc<T>(acc);
+    }
+}
+
+// Nearest forward, channels_first: a warp per 32 * P consecutive input columns of one input
+// row (P = 4 / sizeof(T), 1 for 4- and 8-byte types): loads them once (coalesced), then writes
+// the SW * 32 * P output columns they repeat into each of the SD x SH output rows, coalesced
+// (one 4-byte word per lane), taking each value by warp shuffles. The direct kernel's lanes
+// read 32 / SW distinct inputs per request, too few bytes to fill the sectors they touch.
+template <typename T>
+__global__ void upsample_nearest_forward_rows(const T* __restrict__ x, T* __restrict__ y, UPSAMPLE_PARAMS) {
+    typedef gl::WarpRow<T, 1> Row;
+    const int OD = D * SD, OH = H * SH, OW = W * SW;
+    const int span = 32 * Row::P, chunks = (W + span - 1) / span;
+    const index_t warps = (index_t)N * C * D * H * chunks;
+    for (index_t wi = gl::global_thread_index() / 32; wi < warps; wi += gl::grid_stride() / 32) {
+        int n, c, d, h, chunk;
+        warp_row(wi, C, D, H, chunks, n, c, d, h, chunk);
+        const int w0 = chunk * span;  // first input column of the warp
+        Row row;
+        row.load(x + offset5<false>(n, c, d, h, 0, C, D, H, W), W, w0, min(span, W - w0));
+        for (int od = d * SD; od < (d + 1) * SD; ++od)
+            for (int oh = h * SH; oh < (h + 1) * SH; ++oh)
+                Row::store(y + offset5<false>(n, c, od, oh, 0, C, OD, OH, OW), OW, w0 * SW,
+                           min(span, W - w0) * SW,
+                           [&](int ow) { return row.take(min(max(ow / SW, row.first), w0 + span - 1)); });
+    }
+}

@@ -3,8 +3,11 @@
 NumPy in, NumPy out (the reference); CuPy in, CuPy out (the CUDA kernels in ``cuda/``);
 NumPy inside ``with gpulayers.simulate():`` runs the same kernels on the CPU simulator.
 """
+from . import losses, optimizers
 from .kernels import gpu_available, simulate
 from .layers.base import Layer
+from .layers.convolution import Conv2D, Conv2DTranspose
+from .layers.core import Activation, Dense, Dropout, Flatten
 from .layers.normalization import BatchNormalization
 from .layers.pooling import (
     AveragePooling1D,
@@ -22,6 +25,7 @@ from .layers.pooling import (
 )
 from .layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from .layers.upsampling import UpSampling1D, UpSampling2D, UpSampling3D
+from .models import Sequential
 
 __version__ = "0.1.0"
 
@@ -33,4 +37,5 @@ __all__ = [
     "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
     "UpSampling1D", "UpSampling2D", "UpSampling3D",
     "SimpleRNN", "LSTM", "GRU", "Bidirectional",
+    "Dense", "Conv2D", "Conv2DTranspose", "Activation", "Flatten", "Dropout", "Sequential", "losses", "optimizers",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m gpulayers selftest | info | kernels [--arch sm_90]``."""
+"""Command line: ``python -m gpulayers selftest | info | kernels [--arch sm_90] | demo --task ... | profile --sim``."""
 from __future__ import annotations
 
 import argparse
@@ -60,7 +60,35 @@ def main(argv=None) -> int:
     sub.add_parser("info", help="versions, GPU, kernel cache folder")
     kr = sub.add_parser("kernels", help="registers, shared memory, stack and spills per kernel (NVRTC, no GPU needed)")
     kr.add_argument("--arch", default="sm_90", help="target, e.g. sm_80 or sm_90 (default sm_90)")
+    dm = sub.add_parser("demo", help="train a small model on generated data: images, autoencoder or sequence")
+    dm.add_argument("--task", choices=("images", "autoencoder", "sequence"), default="images",
+                    help="images: CNN on generated shapes; autoencoder: conv encoder/decoder; "
+                         "sequence: LSTM forecaster of SIR epidemic curves (default images)")
+    dm.add_argument("--epochs", type=int, default=None, help="training epochs (default: the task's)")
+    dm.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                    help="cpu: the NumPy path; gpu: CuPy arrays and the CUDA kernels (default cpu)")
+    dm.add_argument("--out", default=".", help="folder for <task>_loss.png and <task>_summary.txt (default .)")
+    pr = sub.add_parser("profile", help="memory behaviour of every layer's kernels in the simulator's analysis mode",
+                        description="Runs every benchmark case through the CPU kernel simulator's analysis mode "
+                                    "and prints, per layer call and kernel: launches, modeled DRAM bytes against the "
+                                    "minimal bytes, global load/store sectors per request against the ideal, the "
+                                    "shared-memory bank-conflict factor, hazards, warps at the GPU benchmark shape "
+                                    "and a modeled H100/H200 fraction of the memory roofline. No GPU needed.")
+    pr.add_argument("--sim", action="store_true", required=True,
+                    help="use the CPU kernel simulator's analysis mode (the only mode so far; required)")
+    pr.add_argument("--filter", default="", metavar="FAMILY",
+                    help="only cases whose family (pooling, upsampling, batchnorm, recurrent) or name contains this")
+    pr.add_argument("--json", default=None, metavar="PATH", help="also write the records to this JSON file")
     args = parser.parse_args(argv)
+    if args.command == "profile":
+        from . import profile
+
+        profile.run(args.filter, args.json)
+        return 0
+    if args.command == "demo":
+        from . import demos
+
+        return demos.main(args.task, epochs=args.epochs, device=args.device, out_dir=args.out)
     if args.command == "info":
         return info()
     if args.command == "kernels":

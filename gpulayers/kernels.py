@@ -274,6 +274,7 @@ class _Snippet:
     def __init__(self, kind: str, args: tuple, kwargs: dict):
         self.kind, self.args, self.kwargs = kind, args, kwargs
         self._gpu = self._sim = None
+        self.n_outputs = len([p for p in args[1].split(",") if p.strip()])  # a call returns a tuple when > 1
 
     def __call__(self, *arrays, **call_kwargs):
         if any(is_gpu_array(a) for a in arrays):

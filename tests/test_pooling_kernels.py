@@ -132,3 +132,37 @@ def test_max_pool_keeps_one_byte_per_output_or_nothing():
         assert argmax.dtype == np.uint8 and argmax.shape == y.shape
         _, recomputed = pooling.max_pool_forward_kernel(x, (17, 17), (1, 1), "valid", "channels_last")
         assert recomputed is None  # 289 cells do not fit a byte: backward recomputes
+
+
+# channels_first takes warp-per-row kernels where they fit; the direct kernels stay for wide
+# spans. Both must match the reference: run the channels_first cases once more with the row
+# kernels switched off, and check which kernels each choice launched.
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("cls,kw,shape", [c for c in WINDOWED if c[0] in (gl.MaxPooling2D, gl.AveragePooling2D,
+                                                                          gl.MaxPooling1D, gl.MaxPooling3D)][:6],
+                         ids=lambda v: getattr(v, "__name__", None))
+@pytest.mark.parametrize("rows", [True, False])
+def test_channels_first_row_and_direct_kernels(monkeypatch, cls, kw, shape, dtype, rows):
+    from gpulayers.simulator import analysis
+
+    monkeypatch.setattr(pooling, "ROW_KERNELS", rows)
+    kw, shape = _layout(kw, shape, "channels_first")
+    local = np.random.default_rng(5)
+    x = random_input(local, shape, dtype)
+    ref = cls(**kw)
+    y_ref = ref(x)
+    dy = random_input(local, y_ref.shape, dtype)
+    dx_ref = ref.backward(dy)
+    layer = cls(**kw)
+    with gl.simulate(), analysis.recording() as reports, analysis.checking():
+        y, dx = layer(x), layer.backward(dy)
+    assert_close(y, y_ref, what="forward")
+    assert_close(dx, dx_ref, what="backward")
+    names = [r.kernel for r in reports]
+    if rows:  # backward always fits these windows; forward when the column stride is above 1
+        assert names[-1].startswith("pool_backward_rows") or cls is gl.MaxPooling3D and "pool_size" in kw \
+            and pooling.math.prod(layer.pool_size) > pooling.MAX_SAVED_WINDOW
+        assert names[0].startswith("pool_forward_rows") == pooling._rows_kernel(x.shape, layer.pool_size,
+                                                                                 layer.strides, "channels_first")
+    else:
+        assert not any("_rows<" in n for n in names)

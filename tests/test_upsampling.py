@@ -176,3 +176,32 @@ def test_bad_inputs_and_gradients():
 def test_output_shapes():
     assert gl.UpSampling2D(size=(2, 3), data_format="channels_first").compute_output_shape((1, 4, 5, 6)) == (1, 4, 10, 18)
     assert gl.UpSampling3D(size=(1, 2, 3)).compute_output_shape((1, 4, 5, 6, 2)) == (1, 4, 10, 18, 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("rows", [True, False])
+@pytest.mark.parametrize("kw,shape,fits", [
+    (dict(size=(2, 3)), (2, 5, 9, 37), True), (dict(size=(3, 2), interpolation="bilinear"), (1, 3, 7, 45), True),
+    (dict(size=(1, 3), interpolation="bilinear"), (2, 2, 3, 33), True),
+    (dict(size=(1, 4), interpolation="bilinear"), (2, 2, 3, 33), False)])  # 34 * 4 columns: too wide
+def test_channels_first_backward_row_and_direct_kernels(monkeypatch, kw, shape, fits, dtype, rows):
+    """The warp-per-row backward (rows crossing a 32-column chunk, odd widths) and the direct one."""
+    from gpulayers.layers import upsampling
+    from gpulayers.simulator import analysis
+
+    monkeypatch.setattr(upsampling, "ROW_KERNELS", rows)
+    local = np.random.default_rng(8)
+    x = random_input(local, shape, dtype)
+    kw = dict(kw, data_format="channels_first")
+    ref = gl.UpSampling2D(**kw)
+    y_ref = ref(x)
+    dy = random_input(local, y_ref.shape, dtype)
+    dx_ref = ref.backward(dy)
+    layer = gl.UpSampling2D(**kw)
+    with gl.simulate(), analysis.recording() as reports, analysis.checking():
+        y = layer(x)
+        dx = layer.backward(dy)
+    assert_close(y, y_ref, what="forward")
+    assert_close(dx, dx_ref, what="backward")
+    assert ("backward_rows" in reports[-1].kernel) == (rows and fits)
+    assert ("forward_rows" in reports[0].kernel) == (rows and kw.get("interpolation") is None)

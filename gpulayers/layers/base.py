@@ -264,6 +264,81 @@ class Layer:
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r} built={self.built}>"
 
+    # -- the classic NumPy layer interface --------------------------------------------
+    # forward_pass / backward_pass / initialize(optimizer) / output_shape / parameters, as
+    # the from-scratch NumPy tutorials teach, so code written against it runs on gpulayers
+    # (shapes there exclude the batch axis).
+    def set_input_shape(self, shape):
+        """The input shape without the batch axis (classic interface)."""
+        self.input_shape = tuple(int(s) for s in shape)
+
+    def layer_name(self):
+        return type(self).__name__
+
+    def initialize(self, optimizer):
+        """Keep an optimizer for this layer: ``backward_pass`` then updates its weights.
+
+        A gpulayers optimizer is copied (this layer gets its own state); any other object with
+        ``update(w, grad) -> new w`` is copied once per weight, as the classic interface does.
+        """
+        import copy
+
+        if not (hasattr(optimizer, "apply") or hasattr(optimizer, "update")):
+            raise TypeError(f"{type(self).__name__}: initialize() needs a gpulayers optimizer or an object with "
+                            f"update(w, grad). Received: {type(optimizer).__name__}")
+        self._classic_optimizer = copy.deepcopy(optimizer)
+        self._classic_copies = {}
+
+    def forward_pass(self, X, training=True):
+        """``self(X, training=training)`` (classic interface)."""
+        return self(X, training=training)
+
+    def backward_pass(self, accum_grad):
+        """The input gradient; after ``initialize(optimizer)`` also updates the weights (with the
+        gradient at the weights the forward pass used, which also gave the input gradient)."""
+        import copy
+
+        dx = self.backward(accum_grad)
+        opt = getattr(self, "_classic_optimizer", None)
+        if opt is not None and self.params:
+            if hasattr(opt, "apply"):
+                opt.apply(self)
+            else:
+                for k in list(self.params):
+                    own = self._classic_copies.setdefault(k, copy.copy(opt))
+                    p = self.params[k]
+                    p[...] = own.update(p, self.grads[k])
+        return dx
+
+    def _classic_input_shape(self):
+        shape = getattr(self, "input_shape", None)
+        if shape is None:
+            raise ValueError(f"{type(self).__name__}: output_shape() needs set_input_shape(shape) first. "
+                             f"Received: no input shape")
+        return shape
+
+    def output_shape(self):
+        """The output shape without the batch axis, for ``set_input_shape``'s input (classic interface)."""
+        import copy
+
+        shape = (1,) + self._classic_input_shape()
+        if hasattr(self, "compute_output_shape"):
+            return tuple(self.compute_output_shape(shape)[1:])
+        probe = copy.deepcopy(self)  # run a throwaway copy on zeros: nothing of this layer changes
+        y = probe(np.zeros(shape, self.dtype or np.float32))
+        return tuple((y[0] if isinstance(y, list) else y).shape[1:])
+
+    def parameters(self):
+        """Number of trainable values (classic interface); builds a throwaway copy if needed."""
+        import copy
+
+        if not self.built:
+            if getattr(self, "input_shape", None) is None:
+                return 0
+            probe = copy.deepcopy(self)
+            probe((np.zeros((1,) + self.input_shape, self.dtype or np.float32)))
+            return probe.parameters()
+        return int(sum(int(np.prod(p.shape)) for p in self.params.values()))
 
 class _Transaction:
     """Snapshot a layer on entry; restore it if the block raises."""

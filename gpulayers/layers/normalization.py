@@ -24,15 +24,23 @@ from .base import Layer
 
 SOURCE = "batchnorm.cu"
 BLOCK = 256
-TARGET_BLOCKS = 512  # blocks per reduction: enough to fill a 132-SM GPU whatever C is
+
+ROWS = 32  # bn_reduce_rows: a block of ROWS x 32 threads (the template argument ties the two)
+FINALIZE_CHANNELS, FINALIZE_BLOCK = 8, 1024  # bn_*_finalize: 128 rows of splits x 8 channels (batchnorm.cu)
 
 kernels.declare(SOURCE, [
-    f"bn_reduce_{view}<{{T}}, {acc}<{{T}}>>" for view in ("rows", "planes") for acc in ("StatsAcc", "GradAcc")
-] + ["bn_stats_finalize<{T}>", "bn_grad_finalize<{T}>"])
+    f"bn_reduce_rows<{{T}}, {acc}<{{T}}>, {ROWS}>" for acc in ("StatsAcc", "GradAcc", "GradScaleAcc")
+] + [f"bn_reduce_planes<{{T}}, {acc}<{{T}}>>" for acc in ("StatsAcc", "GradAcc", "GradScaleAcc")]
+    + ["bn_stats_finalize<{T}>", "bn_grad_finalize<{T}>"])
 
 _normalize = kernels.elementwise_kernel(
     "T x, S mean, S inv_std, S gamma, S beta", "T y",
     "y = (T)((((S)x) - mean) * inv_std * gamma + beta)", "gpulayers_bn_normalize")
+# The same, also writing the copy of x that backward reads (so that the caller may change x in
+# place after the call): one read of x instead of two.
+_normalize_keep = kernels.elementwise_kernel(
+    "T x, S mean, S inv_std, S gamma, S beta", "T y, T kept",
+    "kept = x; y = (T)((((S)x) - mean) * inv_std * gamma + beta)", "gpulayers_bn_normalize_keep")
 _train_input_grad = kernels.elementwise_kernel(
     "T x, T dy, S mean, S inv_std, S gamma, S mean_dy, S mean_dy_xhat", "T dx",
     "const S xhat = (((S)x) - mean) * inv_std;"
@@ -113,48 +121,67 @@ def _channel_view(x, axes):
     return x, r1, c, r2
 
 
-def _reduce(acc_name, x, dy, mean, axes):
-    """Launch the split reduction; returns (partial states, number of splits S, C)."""
+def _splits(nbytes, blocks_per_split, warps_per_block, limit):
+    """Splits of the reduced extent: enough blocks to give the device min(4096, bytes / 512)
+    warps, and no more (more splits only make the partial states bigger)."""
+    warps = min(4096, max(1, nbytes // 512))
+    return max(1, min(kernels.ceil_div(kernels.ceil_div(warps, warps_per_block), blocks_per_split), limit, 65535))
+
+
+def _reduce(acc_name, x, dy, mean, axes, scale=None):
+    """Launch the split reduction; returns (partial states, splits S, C, dx or None).
+
+    ``acc_name == "GradScaleAcc"`` also writes dx = dy * scale (inference backward; the axes
+    must be adjacent, so that dx has x's layout)."""
     xp = kernels.array_module(x)
     acc = _acc_dtype(x.dtype)
     xv, r1, c, r2 = _channel_view(x, axes)
     dyv = _channel_view(dy, axes)[0] if dy is not None else xv
     fields = 3 if acc_name == "StatsAcc" else 2
+    read = xv.nbytes * (1 if dy is None else 2)
     if r2 == 1:
         groups = kernels.ceil_div(c, 32)
-        splits = max(1, min(TARGET_BLOCKS // groups, kernels.ceil_div(r1, 8), 65535))
-        grid, name = (groups, splits), f"bn_reduce_rows<{{T}}, {acc_name}<{{T}}>>"
+        splits = _splits(read, groups, ROWS, kernels.ceil_div(r1, ROWS))
+        grid, block, name = (groups, splits), ROWS * 32, f"bn_reduce_rows<{{T}}, {acc_name}<{{T}}>, {ROWS}>"
         shape_args = (np.int64(r1), np.int32(c))
     else:
-        splits = max(1, min(TARGET_BLOCKS // c, kernels.ceil_div(r1 * r2, BLOCK), 65535))
-        grid, name = (c, splits), f"bn_reduce_planes<{{T}}, {acc_name}<{{T}}>>"
+        splits = _splits(read, c, BLOCK // 32, kernels.ceil_div(r1 * r2, BLOCK))
+        grid, block, name = (c, splits), BLOCK, f"bn_reduce_planes<{{T}}, {acc_name}<{{T}}>>"
         shape_args = (np.int64(r1), np.int32(c), np.int64(r2))
     partial = xp.empty((fields, splits, c), acc)
-    mean_arg = mean if mean is not None else xp.empty((1,), acc)
-    kernels.launch(SOURCE, name, x.dtype, grid, BLOCK, (xv, dyv, mean_arg, partial, *shape_args))
-    return partial, splits, c
+    unused = xp.empty((1,), acc)
+    dx = xp.empty(xv.shape, x.dtype) if scale is not None else xp.empty((1,), x.dtype)
+    kernels.launch(SOURCE, name, x.dtype, grid, block,
+                   (xv, dyv, mean if mean is not None else unused, scale if scale is not None else unused, dx,
+                    partial, *shape_args))
+    return partial, splits, c, (dx if scale is not None else None)
 
 
 def batch_norm_statistics_kernel(x, axes, epsilon):
     """Kernel path: per-channel (mean, biased variance, 1/sqrt(var + epsilon)), flat (C,)."""
     xp = kernels.array_module(x)
     acc = _acc_dtype(x.dtype)
-    partial, splits, c = _reduce("StatsAcc", x, None, None, axes)
+    partial, splits, c, _ = _reduce("StatsAcc", x, None, None, axes)
     mean, var, inv_std = (xp.empty((c,), acc) for _ in range(3))
-    kernels.launch(SOURCE, "bn_stats_finalize<{T}>", x.dtype, kernels.grid_1d(c, BLOCK), BLOCK,
+    kernels.launch(SOURCE, "bn_stats_finalize<{T}>", x.dtype, kernels.ceil_div(c, FINALIZE_CHANNELS), FINALIZE_BLOCK,
                    (partial, np.int32(splits), np.int32(c), acc.type(epsilon), mean, var, inv_std))
     return mean, var, inv_std
 
 
-def batch_norm_grad_sums_kernel(x, dy, mean, inv_std, axes):
-    """Kernel path: per-channel (sum dy, sum dy * xhat), flat (C,)."""
+def batch_norm_grad_sums_kernel(x, dy, mean, inv_std, axes, scale=None):
+    """Kernel path: per-channel (sum dy, sum dy * xhat), flat (C,), and with ``scale`` (flat,
+    adjacent axes only) also dx = dy * scale from the same pass: (sum dy, sum dy * xhat, dx)."""
     xp = kernels.array_module(x)
     acc = _acc_dtype(x.dtype)
-    partial, splits, c = _reduce("GradAcc", x, dy, mean, axes)
+    partial, splits, c, dx = _reduce("GradAcc" if scale is None else "GradScaleAcc", x, dy, mean, axes, scale)
     sum_dy, sum_dy_xhat = xp.empty((c,), acc), xp.empty((c,), acc)
-    kernels.launch(SOURCE, "bn_grad_finalize<{T}>", x.dtype, kernels.grid_1d(c, BLOCK), BLOCK,
+    kernels.launch(SOURCE, "bn_grad_finalize<{T}>", x.dtype, kernels.ceil_div(c, FINALIZE_CHANNELS), FINALIZE_BLOCK,
                    (partial, np.int32(splits), np.int32(c), inv_std, sum_dy, sum_dy_xhat))
-    return sum_dy, sum_dy_xhat
+    return (sum_dy, sum_dy_xhat) if scale is None else (sum_dy, sum_dy_xhat, dx.reshape(x.shape))
+
+
+def _adjacent(axes):
+    return max(axes) - min(axes) + 1 == len(axes)
 
 
 # ----------------------------------------------------------------------------- layer
@@ -297,13 +324,15 @@ class BatchNormalization(Layer):
         else:
             mean, var = moving_mean.astype(acc, copy=False), moving_var.astype(acc, copy=False)
             inv_std = 1 / xp.sqrt(var + acc.type(self.epsilon))
-        if on_kernels:
-            y = _normalize(x, mean.reshape(b), inv_std.reshape(b), gamma.reshape(b), beta.reshape(b))
+        if on_kernels and not self._input_is_private:  # one pass writes y and the copy backward reads
+            y, kept = _normalize_keep(x, mean.reshape(b), inv_std.reshape(b), gamma.reshape(b), beta.reshape(b))
+        elif on_kernels:
+            y, kept = _normalize(x, mean.reshape(b), inv_std.reshape(b), gamma.reshape(b), beta.reshape(b)), x
         else:
-            y = batch_norm_forward(x, mean, var, gamma, beta, self.epsilon, self._axes)
+            y, kept = batch_norm_forward(x, mean, var, gamma, beta, self.epsilon, self._axes), self._keep(x)
         if training:
             self.state["moving_mean"], self.state["moving_variance"] = new_mean, new_var
-        self._saved = (self._keep(x), tuple(x.shape), mean, inv_std, training)
+        self._saved = (kept, tuple(x.shape), mean, inv_std, training)
         self._sync_count = count if training and self.synchronized else None
         return y
 
@@ -331,7 +360,11 @@ class BatchNormalization(Layer):
         else:
             gamma = self.params["gamma"].astype(acc, copy=False) if self.scale else xp.ones(shape, acc)
             b = _broadcast_shape(x_shape, self._axes)
-            if on_kernels:
+            if on_kernels and not training and _adjacent(self._axes):  # one pass: sums and dx = dy * scale
+                sum_dy, sum_dy_xhat, dx = batch_norm_grad_sums_kernel(
+                    x, dy, mean.reshape(-1), inv_std.reshape(-1), self._axes, scale=(gamma * inv_std).reshape(-1))
+                sum_dy, sum_dy_xhat = sum_dy.reshape(shape), sum_dy_xhat.reshape(shape)
+            elif on_kernels:
                 sum_dy, sum_dy_xhat = batch_norm_grad_sums_kernel(x, dy, mean.reshape(-1), inv_std.reshape(-1),
                                                                   self._axes)
                 sum_dy, sum_dy_xhat = sum_dy.reshape(shape), sum_dy_xhat.reshape(shape)

@@ -14,6 +14,7 @@ number of real cells in each window.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -28,9 +29,13 @@ MAX_SAVED_WINDOW = 256  # windows up to this many cells keep a one-byte argmax f
 kernels.declare(SOURCE, [
     f"{name}<{{T}}, {cl}>"
     for name in ("max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward",
-                 "global_pool_forward_rows", "global_pool_forward_cols", "global_avg_backward")
+                 "global_pool_forward_rows", "global_pool_forward_cols", "global_avg_backward",
+                 "global_max_backward")
     for cl in ("true", "false")
-] + ["global_max_backward_rows<{T}>", "global_max_backward_cols<{T}>"])
+] + [f"pool_{direction}_rows<{{T}}, {is_max}>" for direction in ("forward", "backward")
+       for is_max in ("true", "false")])
+ROW_SEGMENTS = 4  # pool_*_rows load up to this many 32-element segments per row (kRowSegments)
+ROW_KERNELS = True  # channels_first takes the warp-per-row kernels where they fit (tests switch it off)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -233,17 +238,48 @@ def _kernel_geometry(x_shape, pool_size, strides, padding, data_format):
     return y_shape, _geometry_args(x_shape, data_format, pool_size, strides, out, pads)
 
 
+def _rows_kernel(x_shape, pool_size, strides, data_format):
+    """Whether the forward pass takes pool_forward_rows: channels_first with a column stride
+    above 1, when a warp's input columns fit in ROW_SEGMENTS segments of 32."""
+    return (ROW_KERNELS and data_format == "channels_first" and strides[-1] > 1
+            and 31 * strides[-1] + pool_size[-1] <= 32 * ROW_SEGMENTS)
+
+
+def _rows_backward(pool_size, strides, data_format):
+    """Whether backward takes pool_backward_rows: channels_first, when the dy columns a warp of
+    32 input columns reads fit in ROW_SEGMENTS segments."""
+    return (ROW_KERNELS and data_format == "channels_first"
+            and (31 + pool_size[-1]) // strides[-1] + 2 <= 32 * ROW_SEGMENTS)
+
+
+def _launch_backward_rows(is_max, dy, argmax, dx, x_shape, geom):
+    warps = math.prod(x_shape[:-1]) * kernels.ceil_div(x_shape[-1], 32)
+    kernels.launch(SOURCE, f"pool_backward_rows<{{T}}, {is_max}>", dy.dtype, kernels.grid_1d(32 * warps, BLOCK),
+                   BLOCK, (dy, argmax, dx, *geom))
+
+
 def max_pool_forward_kernel(x, pool_size, strides, padding, data_format):
     """Kernel path of max pooling: (y, one-byte window argmax or None when recomputed)."""
     xp = kernels.array_module(x)
     x = xp.ascontiguousarray(x)
     y_shape, geom = _kernel_geometry(tuple(x.shape), pool_size, strides, padding, data_format)
     y = xp.empty(y_shape, x.dtype)
-    save = int(np.prod(pool_size)) <= MAX_SAVED_WINDOW
+    save = math.prod(pool_size) <= MAX_SAVED_WINDOW
     argmax = xp.empty(y_shape if save else (1,), np.uint8)
-    kernels.launch(SOURCE, f"max_pool_forward<{{T}}, {_cl(data_format)}>", x.dtype,
-                   kernels.grid_1d(y.size, BLOCK), BLOCK, (x, y, argmax, np.int32(save), *geom))
+    _launch_forward("true", "max_pool_forward", x, y, (argmax, np.int32(save)), y_shape, pool_size, strides,
+                    data_format, geom)
     return y, (argmax if save else None)
+
+
+def _launch_forward(is_max, direct, x, y, extra, y_shape, pool_size, strides, data_format, geom):
+    """Launch the row kernel (channels_first, strided columns) or the direct one."""
+    if _rows_kernel(x.shape, pool_size, strides, data_format):
+        warps = math.prod(y_shape[:-1]) * kernels.ceil_div(y_shape[-1], 32)
+        kernels.launch(SOURCE, f"pool_forward_rows<{{T}}, {is_max}>", x.dtype, kernels.grid_1d(32 * warps, BLOCK),
+                       BLOCK, (x, y, *extra, *geom))
+    else:
+        kernels.launch(SOURCE, f"{direct}<{{T}}, {_cl(data_format)}>", x.dtype, kernels.grid_1d(y.size, BLOCK),
+                       BLOCK, (x, y, *(extra if is_max == "true" else ()), *geom))
 
 
 def max_pool_backward_kernel(x, argmax, dy, pool_size, strides, padding, data_format):
@@ -252,6 +288,9 @@ def max_pool_backward_kernel(x, argmax, dy, pool_size, strides, padding, data_fo
     _, geom = _kernel_geometry(tuple(x.shape), pool_size, strides, padding, data_format)
     dx = xp.empty(x.shape, x.dtype)
     saved = argmax is not None
+    if saved and _rows_backward(pool_size, strides, data_format):
+        _launch_backward_rows("true", dy, argmax, dx, x.shape, geom)
+        return dx
     kernels.launch(SOURCE, f"max_pool_backward<{{T}}, {_cl(data_format)}>", x.dtype,
                    kernels.grid_1d(x.size, BLOCK), BLOCK,
                    (x, argmax if saved else xp.empty((1,), np.uint8), np.int32(saved), dy, dx, *geom))
@@ -263,8 +302,9 @@ def avg_pool_forward_kernel(x, pool_size, strides, padding, data_format):
     x = xp.ascontiguousarray(x)
     y_shape, geom = _kernel_geometry(tuple(x.shape), pool_size, strides, padding, data_format)
     y = xp.empty(y_shape, x.dtype)
-    kernels.launch(SOURCE, f"avg_pool_forward<{{T}}, {_cl(data_format)}>", x.dtype,
-                   kernels.grid_1d(y.size, BLOCK), BLOCK, (x, y, *geom))
+    no_argmax = (xp.empty((1,), np.uint8), np.int32(0)) if _rows_kernel(x.shape, pool_size, strides, data_format) \
+        else ()
+    _launch_forward("false", "avg_pool_forward", x, y, no_argmax, y_shape, pool_size, strides, data_format, geom)
     return y
 
 
@@ -273,6 +313,9 @@ def avg_pool_backward_kernel(x_shape, dy, pool_size, strides, padding, data_form
     dy = xp.ascontiguousarray(dy)
     _, geom = _kernel_geometry(tuple(x_shape), pool_size, strides, padding, data_format)
     dx = xp.empty(x_shape, dy.dtype)
+    if _rows_backward(pool_size, strides, data_format):
+        _launch_backward_rows("false", dy, xp.empty((1,), np.uint8), dx, x_shape, geom)
+        return dx
     kernels.launch(SOURCE, f"avg_pool_backward<{{T}}, {_cl(data_format)}>", dy.dtype,
                    kernels.grid_1d(dx.size, BLOCK), BLOCK, (dy, dx, *geom))
     return dx
@@ -283,41 +326,56 @@ def _rows_block(length):
     return int(min(BLOCK, max(32, -(-length // 32) * 32)))
 
 
+def _cols_block(length, channels):
+    """(threads, channels per block) of the channels_last global pooling kernel: 32 channels (or
+    all C when C < 32) times up to 1024 // that many rows, no more rows than positions."""
+    per_block = 32 if channels >= 32 else channels
+    rows = max(1, min(1024 // per_block, length))
+    return -(-rows * per_block // 32) * 32, per_block
+
+
 def global_pool_forward_kernel(x, op, data_format, keepdims):
+    """Kernel path of global pooling: (y, int32 position of each maximum or None)."""
     xp = kernels.array_module(x)
     x = xp.ascontiguousarray(x)
     n, c = x.shape[0], (x.shape[1] if data_format == "channels_first" else x.shape[-1])
-    length = int(np.prod(x.shape[2:] if data_format == "channels_first" else x.shape[1:-1]))
+    length = math.prod(x.shape[2:] if data_format == "channels_first" else x.shape[1:-1])
+    if length >= validation.INT32_LIMIT:
+        raise ValueError(f"Global{'Max' if op == 'max' else 'Average'}Pooling: the spatial size must be below "
+                         f"2**31 on the kernel path (positions are 32-bit). Received: inputs.shape={tuple(x.shape)}")
     y = xp.empty((n, c), x.dtype)
+    argmax = xp.empty((n, c) if op == "max" else (1,), np.int32)
     is_max = "true" if op == "max" else "false"
     if data_format == "channels_first":
         kernels.launch(SOURCE, f"global_pool_forward_rows<{{T}}, {is_max}>", x.dtype,
-                       min(n * c, 2**20), _rows_block(length), (x, y, np.int64(n * c), np.int64(length)))
+                       min(n * c, 2**20), _rows_block(length), (x, y, argmax, np.int64(n * c), np.int64(length)))
     else:
+        threads, per_block = _cols_block(length, c)
+        state = (8 if x.dtype == np.float64 else 4) + (4 if op == "max" else 0)  # bytes per thread
         kernels.launch(SOURCE, f"global_pool_forward_cols<{{T}}, {is_max}>", x.dtype,
-                       kernels.grid_1d(n * c, BLOCK), BLOCK, (x, y, np.int32(n), np.int32(c), np.int64(length)))
+                       n * kernels.ceil_div(c, per_block), threads,
+                       (x, y, argmax, np.int32(n), np.int32(c), np.int64(length), np.int32(per_block)),
+                       shared_mem=threads * state)
     if keepdims:
         ones = (1,) * (x.ndim - 2)
         y = y.reshape((n, c, *ones) if data_format == "channels_first" else (n, *ones, c))
-    return y
+    return y, (argmax if op == "max" else None)
 
 
-def global_pool_backward_kernel(x, dy, op, data_format):
-    xp = kernels.array_module(x)
-    x, dy = xp.ascontiguousarray(x), xp.ascontiguousarray(dy)
-    n, c = x.shape[0], (x.shape[1] if data_format == "channels_first" else x.shape[-1])
-    length = int(np.prod(x.shape[2:] if data_format == "channels_first" else x.shape[1:-1]))
-    dx = xp.empty(x.shape, x.dtype)
+def global_pool_backward_kernel(x_shape, argmax, dy, op, data_format):
+    """Kernel path of global pooling's backward; max pooling uses the forward's ``argmax``."""
+    xp = kernels.array_module(dy)
+    dy = xp.ascontiguousarray(dy)
+    n, c = x_shape[0], (x_shape[1] if data_format == "channels_first" else x_shape[-1])
+    length = math.prod(x_shape[2:] if data_format == "channels_first" else x_shape[1:-1])
+    dx = xp.empty(x_shape, dy.dtype)
+    geometry = (np.int32(n), np.int32(c), np.int64(length))
     if op == "avg":
-        kernels.launch(SOURCE, f"global_avg_backward<{{T}}, {_cl(data_format)}>", x.dtype,
-                       kernels.grid_1d(x.size, BLOCK), BLOCK,
-                       (dy, dx, np.int32(n), np.int32(c), np.int64(length)))
-    elif data_format == "channels_first":
-        kernels.launch(SOURCE, "global_max_backward_rows<{T}>", x.dtype, min(n * c, 2**20),
-                       _rows_block(length), (x, dy, dx, np.int64(n * c), np.int64(length)))
+        kernels.launch(SOURCE, f"global_avg_backward<{{T}}, {_cl(data_format)}>", dy.dtype,
+                       kernels.grid_1d(dx.size, BLOCK), BLOCK, (dy, dx, *geometry))
     else:
-        kernels.launch(SOURCE, "global_max_backward_cols<{T}>", x.dtype, kernels.grid_1d(n * c, BLOCK),
-                       BLOCK, (x, dy, dx, np.int32(n), np.int32(c), np.int64(length)))
+        kernels.launch(SOURCE, f"global_max_backward<{{T}}, {_cl(data_format)}>", dy.dtype,
+                       kernels.grid_1d(dx.size, BLOCK), BLOCK, (dy, argmax, dx, *geometry))
     return dx
 
 
@@ -416,10 +474,12 @@ class _GlobalPooling(Layer):
             if max(n, c) >= validation.INT32_LIMIT:
                 raise ValueError(f"{layer}: the batch and channel sizes must be below 2**31 on the kernel path "
                                  f"(the kernels use 32-bit sizes). Received: inputs.shape={tuple(x.shape)}")
-            y = global_pool_forward_kernel(x, self.op, self.data_format, self.keepdims)
-        else:
-            y = global_pool_forward(x, self.op, self.data_format, self.keepdims)
-        # max: backward finds the maximum again in x, so keep a copy; average: x's shape only
+            y, argmax = global_pool_forward_kernel(x, self.op, self.data_format, self.keepdims)
+            # max: the position of each maximum (int32 per output); average: x's shape only
+            self._saved = (argmax, tuple(x.shape))
+            return y
+        y = global_pool_forward(x, self.op, self.data_format, self.keepdims)
+        # max: the reference finds the maximum again in x, so keep a copy; average: x's shape only
         self._saved = (self._keep(x) if self.op == "max" else x, tuple(x.shape))
         return y
 
@@ -428,7 +488,7 @@ class _GlobalPooling(Layer):
         if dy.size == 0:
             return self._xp.zeros(x_shape, dy.dtype)
         if self._on_kernels:
-            return global_pool_backward_kernel(x, dy, self.op, self.data_format)
+            return global_pool_backward_kernel(x_shape, x, dy, self.op, self.data_format)
         return global_pool_backward(x, dy, self.op, self.data_format)
 
 

@@ -11,6 +11,7 @@ Bilinear (Keras/TF): half-pixel centres, align_corners off, taps clamped at the 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -26,7 +27,10 @@ kernels.declare(SOURCE, [
     for name in ("upsample_nearest_forward", "upsample_nearest_backward")
     for cl, vecs in (("true", "1 2 4 8"), ("false", "1")) for vec in vecs.split()
 ] + [f"{name}<{{T}}, {cl}>" for name in ("upsample_bilinear_forward", "upsample_bilinear_backward")
-     for cl in ("true", "false")])
+     for cl in ("true", "false")] + ["upsample_nearest_forward_rows<{T}>", "upsample_nearest_backward_rows<{T}>",
+                                     "upsample_bilinear_backward_rows<{T}>"])
+ROW_SEGMENTS = 4  # the *_rows kernels load up to this many 32-element segments per row (kRowSegments)
+ROW_KERNELS = True  # channels_first backward takes the warp-per-row kernels where they fit (tests switch it off)
 
 
 def _acc_dtype(dtype):
@@ -140,7 +144,13 @@ def upsample_kernel(x, size, data_format, interpolation="nearest"):
     y = xp.empty(_out_shape(x.shape, size, data_format), x.dtype)
     args = _kernel_args(tuple(x.shape), size, data_format)
     cl = "true" if data_format == "channels_last" else "false"
-    if interpolation == "nearest":
+    if interpolation == "nearest" and ROW_KERNELS and data_format == "channels_first":
+        # a warp per 32 words of input columns of a row: loaded once, repeated into the output rows
+        per_warp = 32 * max(1, 4 // x.dtype.itemsize)
+        warps = math.prod(x.shape[:-1]) * kernels.ceil_div(x.shape[-1], per_warp)
+        kernels.launch(SOURCE, "upsample_nearest_forward_rows<{T}>", x.dtype, kernels.grid_1d(32 * warps, BLOCK),
+                       BLOCK, (x, y, *args))
+    elif interpolation == "nearest":
         vec = _vector_width((x, y), int(args[1]), data_format, x.dtype.itemsize)
         kernels.launch(SOURCE, f"upsample_nearest_forward<{{T}}, {cl}, {vec}>", x.dtype,
                        kernels.grid_1d(y.size // vec, BLOCK), BLOCK, (x, y, *args))
@@ -157,6 +167,14 @@ def upsample_backward_kernel(dy, x_shape, size, data_format, interpolation="near
     dx = xp.empty(x_shape, dy.dtype)
     args = _kernel_args(tuple(x_shape), size, data_format)
     cl = "true" if data_format == "channels_last" else "false"
+    factor = size[-1]  # along the contiguous axis of channels_first rows
+    span = 32 * factor if interpolation == "nearest" else 34 * factor
+    if ROW_KERNELS and data_format == "channels_first" and span + 3 <= 32 * ROW_SEGMENTS:
+        # a warp per 32 input columns of a row: the dy columns it reads are loaded once, coalesced
+        warps = math.prod(x_shape[:-1]) * kernels.ceil_div(x_shape[-1], 32)
+        kernels.launch(SOURCE, f"upsample_{interpolation}_backward_rows<{{T}}>", dy.dtype,
+                       kernels.grid_1d(32 * warps, BLOCK), BLOCK, (dy, dx, *args))
+        return dx
     if interpolation == "nearest":
         vec = _vector_width((dy, dx), int(args[1]), data_format, dy.dtype.itemsize)
         kernels.launch(SOURCE, f"upsample_nearest_backward<{{T}}, {cl}, {vec}>", dy.dtype,
