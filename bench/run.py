@@ -127,7 +127,7 @@ def run_case(case, xp, timer, runs, torch, device):
                    forward_gbps=fwd_bytes / fwd / 1e6, backward_gbps=bwd_bytes / bwd / 1e6)
     else:
         row.update(forward_ms_per_step=fwd / case.shape[1], backward_ms_per_step=bwd / case.shape[1])
-    if torch is not None:
+    if torch is not None and _has_module(layers[0]):
         row.update(module_case(torch, layers[0], xs, dys[0], case.call, timer, runs))
     if torch is not None and case.torch_fn is not None:
         try:
@@ -155,6 +155,13 @@ def torch_case(case, torch, timer, runs, device, k):
     it = iter(range(10**9))
     bwd = timer(lambda: (lambda i: torch.autograd.grad(outs[i], xs[i], dy, retain_graph=True))(next(it) % k), runs)
     return {"torch_forward_ms": fwd, "torch_backward_ms": bwd}
+
+
+def _has_module(layer):
+    """True when gpulayers.torch has a module for this layer."""
+    import gpulayers.torch as glt
+
+    return type(layer).__name__ in glt.__all__
 
 
 def module_case(torch, layer, xs, dy, call, timer, runs):

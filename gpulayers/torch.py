@@ -985,8 +985,12 @@ def from_layer(layer):
                                backward_layer=from_layer(layer.backward_layer))
     else:
         cls = globals().get(type(layer).__name__)
-        if not isinstance(layer, _gl.Layer) or cls is None or not issubclass(cls, _Module):
+        if not isinstance(layer, _gl.Layer):
             raise TypeError(f"from_layer: `layer` must be a gpulayers layer. Received: layer of type "
+                            f"{type(layer).__name__}")
+        if cls is None or not isinstance(cls, type) or not issubclass(cls, _Module):
+            raise TypeError(f"from_layer: gpulayers.torch has no module for {type(layer).__name__} (it has "
+                            f"{', '.join(n for n in __all__ if n != 'from_layer')}). Received: layer of type "
                             f"{type(layer).__name__}")
         module = cls(_layer=layer)
     weights = layer.get_weights() if layer.built else []

@@ -542,6 +542,9 @@ def test_from_layer_carries_configuration_and_weights():
             np.testing.assert_array_equal(a, e)
     with pytest.raises(TypeError, match=r"from_layer: `layer` must be a gpulayers layer. Received: layer of type int"):
         glt.from_layer(3)
+    with pytest.raises(TypeError, match=r"from_layer: gpulayers.torch has no module for Dense .*Received: layer of "
+                                        r"type Dense"):
+        glt.from_layer(gl.Dense(3))
 
 
 def test_bench_times_the_module_path_against_the_layer():
