@@ -135,6 +135,8 @@ def run_case(case, xp, timer, runs, torch, device):
                    forward_gbps=fwd_bytes / fwd / 1e6, backward_gbps=bwd_bytes / bwd / 1e6)
     else:
         row.update(forward_ms_per_step=fwd / case.shape[1], backward_ms_per_step=bwd / case.shape[1])
+    if torch is not None and _has_module(layers[0]):
+        row.update(module_case(torch, layers[0], xs, dys[0], case.call, timer, runs))
     if torch is not None and case.torch_fn is not None:
         try:
             row.update(torch_case(case, torch, timer, runs, device, k))
@@ -161,6 +163,33 @@ def torch_case(case, torch, timer, runs, device, k):
     it = iter(range(10**9))
     bwd = timer(lambda: (lambda i: torch.autograd.grad(outs[i], xs[i], dy, retain_graph=True))(next(it) % k), runs)
     return {"torch_forward_ms": fwd, "torch_backward_ms": bwd}
+
+
+def _has_module(layer):
+    """True when gpulayers.torch has a module for this layer."""
+    import gpulayers.torch as glt
+
+    return type(layer).__name__ in glt.__all__
+
+
+def module_case(torch, layer, xs, dy, call, timer, runs):
+    """The same layer as a gpulayers.torch module on tensors sharing xs's memory: its forward and
+    backward milliseconds, and the wrapper's cost over calling the layer directly."""
+    import gpulayers.torch as glt
+
+    module = glt.from_layer(layer).to(torch.from_dlpack(xs[0]).device)
+    module.train(bool(call.get("training", False)))
+    ts = [torch.from_dlpack(x) for x in xs]
+    it = iter(range(10**9))
+    with torch.no_grad():
+        fwd = timer(lambda: module(ts[next(it) % len(ts)]), runs)
+    ts = [t.detach().requires_grad_(True) for t in ts]
+    outs = [module(t) for t in ts]
+    g = torch.from_dlpack(dy)
+    it = iter(range(10**9))
+    bwd = timer(lambda: (lambda i: torch.autograd.grad(outs[i], ts[i], g, retain_graph=True))(next(it) % len(ts)),
+                runs)
+    return {"module_forward_ms": fwd, "module_backward_ms": bwd}
 
 
 OVERHEAD_LAYERS = (("MaxPooling2D", lambda: gl.MaxPooling2D(), (1, 4, 4, 2), {}),
@@ -309,6 +338,9 @@ def main(argv=None) -> int:
         if "forward_gbps" in row:
             row["forward_fraction"], row["backward_fraction"] = row["forward_gbps"] / bw, row["backward_gbps"] / bw
         rows.append(verdict(row, gpu))
+        if "module_forward_ms" in row:
+            row["module_overhead_ms"] = (row["module_forward_ms"] + row["module_backward_ms"]
+                                         - row["ours_forward_ms"] - row["ours_backward_ms"])
         theirs = (f"{row['torch_forward_ms']:8.3f}/{row['torch_backward_ms']:8.3f}" if "torch_forward_ms" in row
                   else f"{'-':>17}")
         ratio = f"{row['ratio_vs_torch']:6.2f}" if "ratio_vs_torch" in row else f"{'-':>6}"
@@ -318,6 +350,9 @@ def main(argv=None) -> int:
                 else f"{'-':>11}")
         print(f"{case.label()[:58]:58} {row['ours_forward_ms']:8.3f}/{row['ours_backward_ms']:8.3f} {theirs} {ratio} "
               f"{gbps:>15} {frac:>11}  {'MISS: ' + '; '.join(row['misses']) if row['misses'] else ('ok' if 'ratio_vs_torch' in row or gpu else 'n/a')}")
+        if "module_forward_ms" in row:
+            print(f"{'  as a gpulayers.torch module':58} {row['module_forward_ms']:8.3f}/{row['module_backward_ms']:8.3f}"
+                  f"  wrapper overhead {row['module_overhead_ms']:+.3f} ms")
     ratios = [r["ratio_vs_torch"] for r in rows if "ratio_vs_torch" in r]
     geomean = float(np.exp(np.mean(np.log(ratios)))) if ratios else None
     if geomean is not None:

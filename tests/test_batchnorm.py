@@ -218,7 +218,7 @@ def test_float16_inputs_of_magnitude_1e3_do_not_overflow(kernel_path):
     (dict(axis=1.5), TypeError, r"`axis` must be an int or a list of ints. Received: axis=1.5"),
     (dict(center="yes"), TypeError, r"`center` must be a bool"),
     (dict(gamma_initializer="glorot"), ValueError, r"`gamma_initializer`.*Received: gamma_initializer='glorot'"),
-    (dict(synchronized=True), NotImplementedError, r"`synchronized=True` is not supported"),
+    (dict(synchronized="yes"), TypeError, r"`synchronized` must be a bool. Received: synchronized=.yes."),
     (dict(renorm=True), NotImplementedError, r"`renorm=True` is not supported"),
     (dict(beta_regularizer="l2"), NotImplementedError, r"`beta_regularizer='l2'`"),
 ])

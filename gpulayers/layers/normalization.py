@@ -19,7 +19,7 @@ import numbers
 
 import numpy as np
 
-from .. import kernels, validation
+from .. import distributed, kernels, validation
 from ._float16 import narrow, widen
 from ._signature import with_signature
 from .base import Layer
@@ -292,6 +292,12 @@ class BatchNormalization(Layer):
         center, scale: use ``beta`` / ``gamma``.
         beta_initializer, gamma_initializer, moving_mean_initializer,
         moving_variance_initializer: "zeros", "ones" or a callable (shape, dtype) -> array.
+        synchronized: in training, merge the batch statistics (count, mean, M2) of every
+            process of a ``torch.distributed`` process group, as ``torch.nn.SyncBatchNorm``;
+            the input gradient uses the summed gradient statistics, the parameter gradients
+            stay this process's own (sum or average them across processes, as DDP does).
+            Without an initialised process group: one process, with a warning once.
+        process_group: the ``torch.distributed`` group to synchronise over (None: the default).
 
     Input: any rank; output: same shape and dtype. Weights (Keras order): gamma, beta,
     moving_mean, moving_variance, each of shape [input.shape[a] for a in axis], float32 for
@@ -303,7 +309,7 @@ class BatchNormalization(Layer):
                  beta_initializer="zeros", gamma_initializer="ones", moving_mean_initializer="zeros",
                  moving_variance_initializer="ones", beta_regularizer=None, gamma_regularizer=None,
                  beta_constraint=None, gamma_constraint=None, synchronized=False, renorm=False,
-                 renorm_clipping=None, renorm_momentum=0.99, name=None, **kwargs):
+                 renorm_clipping=None, renorm_momentum=0.99, process_group=None, name=None, **kwargs):
         super().__init__(name=name, **kwargs)
         layer = type(self).__name__
         axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
@@ -324,7 +330,10 @@ class BatchNormalization(Layer):
             "moving_mean": _initializer(layer, "moving_mean_initializer", moving_mean_initializer),
             "moving_variance": _initializer(layer, "moving_variance_initializer", moving_variance_initializer),
         }
-        validation.unsupported(layer, synchronized=(synchronized, False), renorm=(renorm, False),
+        self.synchronized = validation.boolean(layer, "synchronized", synchronized)
+        self.process_group = process_group
+        self._sync_count = None  # total count over processes of the last synchronized training call
+        validation.unsupported(layer, renorm=(renorm, False),
                                renorm_clipping=(renorm_clipping, None), renorm_momentum=(renorm_momentum, 0.99),
                                beta_regularizer=(beta_regularizer, None), gamma_regularizer=(gamma_regularizer, None),
                                beta_constraint=(beta_constraint, None), gamma_constraint=(gamma_constraint, None))
@@ -372,6 +381,9 @@ class BatchNormalization(Layer):
             raise ValueError(f"{layer}: the number of channels must be below 2**31 on the kernel path (the "
                              f"kernels use 32-bit sizes). Received: inputs.shape={tuple(x.shape)}")
         if x.size == 0:  # a zero-size batch: empty output, moving statistics unchanged, no kernel launch
+            self._sync_count = None
+            if training and self.synchronized:  # ... but this process takes part in the merge the others wait for
+                self._merge_empty(shape, _acc_dtype(x.dtype), xp)
             self._saved = (None, tuple(x.shape), None, None, training)
             return xp.zeros(x.shape, x.dtype)
         acc = _acc_dtype(x.dtype)
@@ -388,6 +400,10 @@ class BatchNormalization(Layer):
             else:
                 mean, var = batch_norm_statistics(x, self._axes)
                 inv_std = 1 / np.sqrt(var + acc.type(self.epsilon))
+            if self.synchronized:  # merge (count, mean, M2) of every process: one all-reduce
+                count, mean, var = distributed.merge_moments(x.size // math.prod(shape), mean, var,
+                                                             self.process_group)
+                inv_std = 1 / xp.sqrt(var + acc.type(self.epsilon))
             m = self.momentum
             new_mean = (moving_mean * m + mean * (1 - m)).astype(moving_mean.dtype, copy=False)
             new_var = (moving_var * m + var * (1 - m)).astype(moving_var.dtype, copy=False)
@@ -403,15 +419,30 @@ class BatchNormalization(Layer):
         if training:
             self.state["moving_mean"], self.state["moving_variance"] = new_mean, new_var
         self._saved = (kept, tuple(x.shape), mean, inv_std, training)
+        self._sync_count = count if training and self.synchronized else None
         return y
+
+    def _merge_empty(self, shape, acc, xp):
+        """Synchronized training on an empty local batch: merge a zero count, and move the
+        statistics like every other process (unchanged when every batch is empty)."""
+        zeros = xp.zeros(shape, acc)
+        count, mean, var = distributed.merge_moments(0, zeros, zeros, self.process_group)
+        m, some = self.momentum, count[0] > 0
+        for name, batch in (("moving_mean", mean), ("moving_variance", var)):
+            old = self.state[name]
+            self.state[name] = xp.where(some, old * m + batch * (1 - m), old).astype(old.dtype, copy=False)
+        self._sync_count = count
 
     def backward_impl(self, dy):
         x, x_shape, mean, inv_std, training = self._saved
         xp, on_kernels = self._xp, self._on_kernels
         shape = tuple(x_shape[a] for a in self._axes)
         acc = _acc_dtype(dy.dtype)
+        synced = training and self._sync_count is not None
         if dy.size == 0:
             dx, sum_dy, sum_dy_xhat = xp.zeros(x_shape, dy.dtype), xp.zeros(shape, acc), xp.zeros(shape, acc)
+            if synced:  # this process takes part in the all-reduce the others wait for (adding zeros)
+                distributed.sum_gradients(sum_dy, sum_dy_xhat, self.process_group)
         else:
             gamma = self.params["gamma"].astype(acc, copy=False) if self.scale else xp.ones(shape, acc)
             b = _broadcast_shape(x_shape, self._axes)
@@ -425,10 +456,21 @@ class BatchNormalization(Layer):
                 sum_dy, sum_dy_xhat = sum_dy.reshape(shape), sum_dy_xhat.reshape(shape)
                 if training:
                     m = acc.type(x.size // math.prod(shape))
+                    g_dy, g_dy_xhat = sum_dy, sum_dy_xhat
+                    if synced:  # the gradient statistics of every process: one all-reduce
+                        g_dy, g_dy_xhat = distributed.sum_gradients(sum_dy, sum_dy_xhat, self.process_group)
+                        m = self._sync_count.astype(acc)
                     dx = _train_input_grad(x, dy, mean.reshape(b), inv_std.reshape(b), gamma.reshape(b),
-                                           (sum_dy / m).reshape(b), (sum_dy_xhat / m).reshape(b))
+                                           (g_dy / m).reshape(b), (g_dy_xhat / m).reshape(b))
                 else:
                     dx = _scale(dy, (gamma * inv_std).reshape(b))
+            elif synced:  # this process's sums, then dx from the sums of every process (one all-reduce)
+                _, sum_dy_xhat, sum_dy = batch_norm_backward(x, dy, mean, inv_std, gamma, self._axes, False)
+                g_dy, g_dy_xhat = distributed.sum_gradients(sum_dy, sum_dy_xhat, self.process_group)
+                m = self._sync_count.astype(acc)
+                xhat = (x.astype(acc) - mean.reshape(b)) * inv_std.reshape(b)
+                dx = (gamma.reshape(b) * inv_std.reshape(b) * (dy.astype(acc) - (g_dy / m).reshape(b)
+                                                               - xhat * (g_dy_xhat / m).reshape(b))).astype(x.dtype)
             else:
                 dx, sum_dy_xhat, sum_dy = batch_norm_backward(x, dy, mean, inv_std, gamma, self._axes, training)
         self.grads = {}  # in each weight's own dtype
