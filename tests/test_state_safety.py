@@ -398,3 +398,20 @@ def test_a_user_layer_gets_the_same_guarantees():
     assert_same(layer.backward(np.ones_like(y)), dx)
     with pytest.raises(TypeError, match=r"_Scale: `training` must be a bool"):
         layer(x, training="yes")
+
+
+def test_recurrent_backward_uses_the_weights_of_its_forward(path):
+    """An in-place update of params between forward and backward (an optimizer step) does not
+    change the gradient of that forward, on every path."""
+    x = np.random.default_rng(31).standard_normal((2, 4, 3)).astype(np.float32)
+    layer = gl.LSTM(5, return_sequences=True, seed=4)
+    with path.ctx():
+        y = layer(path.arr(x))
+    dy = np.random.default_rng(32).standard_normal(Path.numpy(y).shape).astype(np.float32)
+    reference = gl.LSTM(5, return_sequences=True, seed=4)
+    with path.ctx():
+        reference(path.arr(x))
+    expected = backward(reference, path, dy)
+    for p in layer.params.values():
+        p *= 2  # an optimizer step in place
+    assert_same(backward(layer, path, dy), expected)

@@ -844,7 +844,9 @@ def rnn_forward_kernel(spec, x, kernel, recurrent_kernel, bias=None, initial_sta
     xs = xp.ascontiguousarray(xs, dtype=acc)
     ms = xp.ones((1,), np.uint8) if ms is None else xp.ascontiguousarray(ms, dtype=np.uint8)
     has_mask = np.int32(mask is not None)
-    W, U = kernel.astype(acc, copy=False), recurrent_kernel.astype(acc, copy=False)
+    # copies, as the reference keeps: backward differentiates the weights of this call even if an
+    # optimizer updates `params` in place before it
+    W, U = kernel.astype(acc), recurrent_kernel.astype(acc)
     b_in, b_rec = _split_bias(spec, bias, u, acc) if bias is not None else (xp.zeros(gates * u, acc), None)
     steps, batch = xs.shape[:2]
     xw = xp.matmul(xs, W) + b_in.astype(acc, copy=False)  # (T, B, G u), one GEMM for every step
