@@ -1,5 +1,6 @@
 """Shared fixtures: one test body runs on every kernel path (simulator, GPU)."""
 import contextlib
+import zlib
 
 import numpy as np
 import pytest
@@ -7,6 +8,13 @@ import pytest
 from gpulayers import kernels
 
 DTYPES = (np.float32, np.float64, np.float16)
+
+
+@pytest.fixture
+def rng(request):
+    """A random generator of the test's own, seeded from its node id (CRC-32, stable across runs):
+    a test's inputs do not depend on which tests ran before it or on -k/-x selections."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 @pytest.fixture(params=["simulator", "simulator-guard-start", "simulator-hazards",
