@@ -32,16 +32,34 @@ def test_compiles_with_nvrtc(source, dtype, arch):
     assert all(mangled for mangled in result["lowered"].values())
 
 
-def test_compile_error_reports_the_file():
+def test_compile_error_reports_the_file_and_line(tmp_path, monkeypatch):
+    """A real source with a planted error, compiled through the package's own path (cuda_dir()):
+    the error names cuda/<file> and the planted line."""
     _require_nvrtc()
-    from cupy.cuda import nvrtc  # noqa: F401  (binding present)
-
-    kernels.declare("broken_for_test.cu", ["nothing<{T}>"])
+    real = kernels.cuda_dir()
+    for header in real.glob("*.cuh"):
+        (tmp_path / header.name).write_bytes(header.read_bytes())
+    lines = (real / "conv.cu").read_text().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith(("template", "__global__")))
+    broken = lines[:at] + ["const int planted_error = undeclared_name_for_this_test;\n"] + lines[at:]
+    (tmp_path / "copy_for_test.cu").write_text("".join(lines))
+    (tmp_path / "broken_for_test.cu").write_text("".join(broken))
+    monkeypatch.setattr(kernels, "cuda_dir", lambda: tmp_path)
+    kernels._read_source.cache_clear()
     try:
-        with pytest.raises((RuntimeError, FileNotFoundError)):
+        for name in ("copy_for_test.cu", "broken_for_test.cu"):
+            kernels.declare(name, kernels.declared()["conv.cu"])
+        assert kernels.nvrtc_compile("copy_for_test.cu", np.float32, "sm_80")["cubin"]  # the copy compiles
+        with pytest.raises(RuntimeError) as failure:
             kernels.nvrtc_compile("broken_for_test.cu", np.float32, "sm_80")
     finally:
-        kernels._KERNELS.pop("broken_for_test.cu")
+        kernels._KERNELS.pop("copy_for_test.cu", None)
+        kernels._KERNELS.pop("broken_for_test.cu", None)
+        monkeypatch.undo()
+        kernels._read_source.cache_clear()
+    message = str(failure.value)
+    assert f"cuda/broken_for_test.cu({at + 1}): error" in message, message
+    assert "undeclared_name_for_this_test" in message
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
