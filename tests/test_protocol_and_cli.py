@@ -59,6 +59,8 @@ def test_selftest_exits_nonzero_on_a_mismatch(monkeypatch):
 
     real = pooling.avg_pool_forward_kernel
     monkeypatch.setattr(pooling, "avg_pool_forward_kernel", lambda *a: real(*a) * 1.5)
+    every_case = selftest.cases  # the whole self-test runs once, in the test above
+    monkeypatch.setattr(selftest, "cases", lambda: (c for c in every_case() if c[0] is pooling.AveragePooling2D))
     lines = []
     assert selftest.run(out=lines.append) > 0
     assert any("MISMATCH" in l for l in lines)
