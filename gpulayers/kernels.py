@@ -39,6 +39,9 @@ _modules: dict[tuple, object] = {}  # (source, source hash, dtype, device) -> co
 _functions: dict[tuple, object] = {}  # (id of a module in _modules, name) -> CuPy kernel function
 _lock = threading.Lock()
 _state = threading.local()
+# (source, source hash, dtype, name expressions, NVRTC options with the arch) -> nvrtc_compile's
+# result: each compile happens once per process (the tests and `kernels` compile the same programs).
+_nvrtc_results: dict[tuple, dict] = {}
 
 
 def declare(source: str, templates) -> None:
@@ -151,19 +154,30 @@ def nvrtc_compile(source: str, dtype, arch: str = "sm_90", extra_options=()) -> 
     """Compile every kernel of ``source`` for ``dtype`` with NVRTC (no GPU needed).
 
     Returns {"cubin": bytes, "log": str, "lowered": {name expression: mangled name}}.
-    Raises RuntimeError with NVRTC's log when compilation fails.
+    Raises RuntimeError with NVRTC's log when compilation fails. Results are kept for the
+    process, keyed by source, source hash (the file and cuda/*.cuh), dtype, name expressions
+    and options (with the arch), so a repeated call does not compile again; failures are not kept.
     """
     if _cupy is None:
         raise RuntimeError("gpulayers: NVRTC compilation needs CuPy (pip install gpulayers[cuda13])")
     from cupy.cuda import nvrtc
 
-    text, _ = _read_source(source)
+    text, digest = _read_source(source)
     names = name_expressions(source, dtype)
+    options = list(_compile_options()) + [f"--gpu-architecture={arch}"] + list(extra_options)
+    key = (source, digest, np.dtype(dtype).str, tuple(names), tuple(options))
+    if key not in _nvrtc_results:
+        _nvrtc_results[key] = _nvrtc_run(nvrtc, text, source, dtype, arch, names, options)
+    result = _nvrtc_results[key]
+    return dict(result, lowered=dict(result["lowered"]))  # a copy: callers may edit it
+
+
+def _nvrtc_run(nvrtc, text, source, dtype, arch, names, options) -> dict:
+    """One NVRTC compilation of ``text`` (nvrtc_compile's uncached body)."""
     prog = nvrtc.createProgram(text, source, [], [])
     try:
         for name in names:
             nvrtc.addNameExpression(prog, name)
-        options = list(_compile_options()) + [f"--gpu-architecture={arch}"] + list(extra_options)
         try:
             nvrtc.compileProgram(prog, options)
         except nvrtc.NVRTCError as e:

@@ -1,5 +1,6 @@
 """Shared fixtures: one test body runs on every kernel path (simulator, GPU)."""
 import contextlib
+import zlib
 
 import numpy as np
 import pytest
@@ -7,6 +8,13 @@ import pytest
 from gpulayers import kernels
 
 DTYPES = (np.float32, np.float64, np.float16)
+
+
+@pytest.fixture
+def rng(request):
+    """A random generator of the test's own, seeded from its node id (CRC-32, stable across runs):
+    a test's inputs do not depend on which tests ran before it or on -k/-x selections."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 @pytest.fixture(params=["simulator", "simulator-guard-start", "simulator-hazards",
@@ -56,3 +64,28 @@ def random_input(rng, shape, dtype):
     """Random normal values, never all zero; distinct enough that max pooling has no ties."""
     x = rng.standard_normal(shape)
     return x.astype(dtype)
+
+
+GPU_SKIP = "no CUDA GPU"  # the reason every GPU-only test gives when it skips
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line for the GPU-only tests skipped on a machine without a GPU, one per other skip
+    (pyproject's -rfEX reports failures, errors and unexpected passes; skips are reported here)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons = [(report.nodeid, _skip_reason(report)) for report in skipped]
+    gpu = [nodeid for nodeid, reason in reasons if GPU_SKIP in reason]
+    other = [(nodeid, reason) for nodeid, reason in reasons if GPU_SKIP not in reason]
+    if not gpu and not other:
+        return
+    terminalreporter.section("skips", sep="-")
+    if gpu:
+        terminalreporter.write_line(f"{len(gpu)} GPU tests skipped: no CUDA GPU (CuPy missing or no device)")
+    for nodeid, reason in other:
+        terminalreporter.write_line(f"SKIPPED {nodeid}: {reason}")
+
+
+def _skip_reason(report) -> str:
+    if isinstance(report.longrepr, tuple):  # (path, line, "Skipped: reason")
+        return report.longrepr[2].removeprefix("Skipped: ")
+    return str(report.longrepr)

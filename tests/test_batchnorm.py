@@ -9,8 +9,6 @@ from gpulayers.testing import assert_close, numerical_gradient, to_numpy
 
 from conftest import DTYPES
 
-rng = np.random.default_rng(31)
-
 
 def direct_statistics(x, axes):
     """Per-channel mean and biased variance by looping over the channels."""
@@ -23,7 +21,7 @@ def direct_statistics(x, axes):
     return mean.reshape(shape), var.reshape(shape)
 
 
-def set_weights_random(layer, x):
+def set_weights_random(layer, x, rng):
     layer(x, training=False)  # builds
     ws = [rng.standard_normal(w.shape).astype(w.dtype) for w in layer.get_weights()]
     ws[-1] = np.abs(ws[-1]) + 0.5
@@ -35,7 +33,7 @@ AXES = [(-1, (4, 5, 3, 6)), (1, (3, 4, 5, 2)), ([1, 3], (3, 4, 5, 2)), (0, (9, 3
 
 
 @pytest.mark.parametrize("axis,shape", AXES)
-def test_statistics_and_forward_against_direct_formulas(axis, shape):
+def test_statistics_and_forward_against_direct_formulas(axis, shape, rng):
     x = rng.standard_normal(shape) * 3 + 1
     axes = tuple(sorted(a % len(shape) for a in (axis if isinstance(axis, list) else [axis])))
     mean, var = bn.batch_norm_statistics(x, axes)
@@ -75,7 +73,7 @@ def numerical_grads(layer_factory, x, dy, training):
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("center,scale", [(True, True), (False, True), (True, False), (False, False)])
 @pytest.mark.parametrize("axis,shape", [(-1, (3, 2, 4)), (1, (2, 3, 2, 2)), ([0, 2], (2, 3, 2))])
-def test_backward_matches_numerical_gradients(axis, shape, center, scale, training):
+def test_backward_matches_numerical_gradients(axis, shape, center, scale, training, rng):
     x = rng.standard_normal(shape) * 2 + 0.5
     ws = None
 
@@ -106,7 +104,7 @@ def test_backward_matches_numerical_gradients(axis, shape, center, scale, traini
     assert set(layer.grads) == set(names)
 
 
-def test_moving_statistics_follow_keras_recurrence():
+def test_moving_statistics_follow_keras_recurrence(rng):
     layer = gl.BatchNormalization(axis=1, momentum=0.8)
     mm, mv = np.zeros(3), np.ones(3)
     for step in range(4):
@@ -121,7 +119,7 @@ def test_moving_statistics_follow_keras_recurrence():
     assert_close(moving_variance, mv)
 
 
-def test_one_element_per_channel_gives_zero_variance(kernel_path):
+def test_one_element_per_channel_gives_zero_variance(kernel_path, rng):
     x = rng.standard_normal((1, 5)).astype(np.float32)
     layer = gl.BatchNormalization()
     y = kernel_path(lambda a: layer(a, training=True), x)
@@ -129,7 +127,7 @@ def test_one_element_per_channel_gives_zero_variance(kernel_path):
     assert np.all(to_numpy(layer.state["moving_variance"]) == np.float32(0.99))  # 0.99 * 1 + 0.01 * 0
 
 
-def test_reference_statistics_are_stable_in_float32():
+def test_reference_statistics_are_stable_in_float32(rng):
     big = (rng.standard_normal((4096, 3)) + 1e4).astype(np.float32)  # mean 1e4, std 1
     _, var = bn.batch_norm_statistics(big, (1,))
     assert var.dtype == np.float32
@@ -139,10 +137,10 @@ def test_reference_statistics_are_stable_in_float32():
 @pytest.mark.parametrize("axis,shape", AXES + [(-1, (1, 1, 1, 300)), (1, (2, 300, 1, 1))])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_kernels_match_reference(kernel_path, axis, shape, training, dtype):
+def test_kernels_match_reference(kernel_path, axis, shape, training, dtype, rng):
     x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
     ref = gl.BatchNormalization(axis=axis)
-    ws = set_weights_random(ref, x)
+    ws = set_weights_random(ref, x, rng)
     y_ref = ref(x, training=training)
     dy = rng.standard_normal(y_ref.shape).astype(dtype)
     dx_ref = ref.backward(dy)
@@ -168,7 +166,7 @@ def test_kernels_match_reference(kernel_path, axis, shape, training, dtype):
 
 
 @pytest.mark.parametrize("axis,shape", [(-1, (40, 12, 300)), (1, (3, 300, 210))])
-def test_kernels_with_several_rows_per_thread(kernel_path, axis, shape):
+def test_kernels_with_several_rows_per_thread(kernel_path, axis, shape, rng):
     """Many channels leave few splits: each thread then walks several rows or plane chunks.
 
     The float32 results are compared normwise with a float64 reference: the input gradient
@@ -187,7 +185,7 @@ def test_kernels_with_several_rows_per_thread(kernel_path, axis, shape):
 
 
 @pytest.mark.parametrize("layout", ["rows", "planes"])
-def test_kernel_statistics_are_stable_and_deterministic(kernel_path, layout):
+def test_kernel_statistics_are_stable_and_deterministic(kernel_path, layout, rng):
     c = 7
     base = rng.standard_normal((64, 37, c) if layout == "rows" else (6, c, 700)).astype(np.float32)
     x = base + np.float32(1e4)
@@ -203,7 +201,7 @@ def test_kernel_statistics_are_stable_and_deterministic(kernel_path, layout):
     assert np.array_equal(v1, v2)
 
 
-def test_float16_inputs_of_magnitude_1e3_do_not_overflow(kernel_path):
+def test_float16_inputs_of_magnitude_1e3_do_not_overflow(kernel_path, rng):
     x = (rng.standard_normal((8, 6, 5, 4)) * 1e3).astype(np.float16)
     layer = gl.BatchNormalization()
     y = kernel_path(lambda a: layer(a, training=True), x)
@@ -228,7 +226,7 @@ def test_bad_arguments(kwargs, error, match):
 
 
 @pytest.mark.parametrize("simulated", [False, True])
-def test_bad_inputs_leave_moving_statistics_untouched(simulated, monkeypatch):
+def test_bad_inputs_leave_moving_statistics_untouched(simulated, monkeypatch, rng):
     layer = gl.BatchNormalization(axis=1)
     x = rng.standard_normal((4, 3, 5)).astype(np.float32)
     layer(x, training=True)

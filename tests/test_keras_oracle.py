@@ -41,7 +41,6 @@ def keras_forward_backward(layer, x, dy_fn):
     (yt * torch.tensor(dy)).sum().backward()
     return yt.detach().numpy(), xt.grad.numpy(), dy
 
-rng = np.random.default_rng(11)
 CASES = [
     ("MaxPooling1D", dict(pool_size=3, strides=2, padding="same"), (2, 10, 3)),
     ("AveragePooling1D", dict(pool_size=4, strides=3, padding="same"), (2, 11, 3)),
@@ -63,7 +62,7 @@ CASES = [
 CASES_1D = [("UpSampling1D", dict(size=3), (2, 7, 4))]
 
 
-def check_against_keras(name, kw, x):
+def check_against_keras(name, kw, x, rng):
     """Our reference and our simulated kernels against Keras, output and input gradient."""
     theirs = getattr(keras.layers, name)(dtype="float64", **kw)
     y_k, dx_k, dy = keras_forward_backward(theirs, x, rng.standard_normal)
@@ -80,19 +79,19 @@ def check_against_keras(name, kw, x):
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("name,kw,shape", CASES)
-def test_matches_keras(name, kw, shape, data_format):
+def test_matches_keras(name, kw, shape, data_format, rng):
     if BACKEND == "torch" and (name.startswith("Average") and kw.get("padding") == "same"
                                or kw.get("interpolation") == "bilinear"):
         pytest.skip("Keras's torch backend differs from its TF/jax semantics here (replicated "
                     "edges in asymmetric 'same' average pooling; torch's bilinear resize)")
     if data_format == "channels_first":
         shape = (shape[0], shape[-1], *shape[1:-1])
-    check_against_keras(name, dict(kw, data_format=data_format), rng.standard_normal(shape))
+    check_against_keras(name, dict(kw, data_format=data_format), rng.standard_normal(shape), rng)
 
 
 @pytest.mark.parametrize("name,kw,shape", CASES_1D)
-def test_matches_keras_without_data_format(name, kw, shape):
-    check_against_keras(name, kw, rng.standard_normal(shape))
+def test_matches_keras_without_data_format(name, kw, shape, rng):
+    check_against_keras(name, kw, rng.standard_normal(shape), rng)
 
 
 def keras_batchnorm(layer, x, training, dy_fn):
@@ -120,7 +119,7 @@ def keras_batchnorm(layer, x, training, dy_fn):
     (2, (3, 4, 5, 2), False, True),  # (Keras 3 takes one int axis; lists are checked elsewhere)
     (0, (7, 3), True, False),
 ])
-def test_batch_normalization_matches_keras(axis, shape, center, scale, training):
+def test_batch_normalization_matches_keras(axis, shape, center, scale, training, rng):
     if BACKEND != "jax":
         pytest.skip("the BatchNormalization oracle uses jax's functional stateless_call")
     x = rng.standard_normal(shape) * 2 + 0.5
@@ -197,7 +196,7 @@ RNN_CASES = [
     (name, kw, merge) for name, kw in RNN_CASES for merge in (None, "concat", "mul")
     # Keras 3 refuses Bidirectional around a go_backwards layer (its copy goes backwards too)
     if not (merge and kw.get("go_backwards"))])
-def test_recurrent_layers_match_keras(name, kw, bidirectional, masked, with_state):
+def test_recurrent_layers_match_keras(name, kw, bidirectional, masked, with_state, rng):
     """float32 (Keras's RNNs keep float32 zero states even under a float64 policy)."""
     if BACKEND != "jax":
         pytest.skip("the recurrent oracle uses jax's functional stateless_call")

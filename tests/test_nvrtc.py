@@ -25,23 +25,57 @@ def test_every_cu_file_declares_its_kernels():
 @pytest.mark.parametrize("source", sorted(kernels.declared()))
 def test_compiles_with_nvrtc(source, dtype, arch):
     _require_nvrtc()
-    result = kernels.nvrtc_compile(source, dtype, arch)
+    # the options resource_report uses, so that test_no_kernel_spills_registers and the `kernels`
+    # command below reuse these compilations (nvrtc_compile keeps its results for the process)
+    result = kernels.nvrtc_compile(source, dtype, arch, ["--ptxas-options=-v"])
     assert len(result["cubin"]) > 0
     names = kernels.name_expressions(source, dtype)
     assert sorted(result["lowered"]) == sorted(names)
     assert all(mangled for mangled in result["lowered"].values())
 
 
-def test_compile_error_reports_the_file():
+def test_compile_error_reports_the_file_and_line(tmp_path, monkeypatch):
+    """A real source, then the same file with a planted error, compiled through the package's own
+    path (cuda_dir()): the edited file is compiled again (results are kept per source hash) and
+    the error names cuda/<file> and the planted line."""
     _require_nvrtc()
-    from cupy.cuda import nvrtc  # noqa: F401  (binding present)
-
-    kernels.declare("broken_for_test.cu", ["nothing<{T}>"])
+    real = kernels.cuda_dir()
+    for header in real.glob("*.cuh"):
+        (tmp_path / header.name).write_bytes(header.read_bytes())
+    lines = (real / "conv.cu").read_text().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith(("template", "__global__")))
+    broken = lines[:at] + ["const int planted_error = undeclared_name_for_this_test;\n"] + lines[at:]
+    monkeypatch.setattr(kernels, "cuda_dir", lambda: tmp_path)
+    kernels.declare("edited_for_test.cu", kernels.declared()["conv.cu"])
     try:
-        with pytest.raises((RuntimeError, FileNotFoundError)):
-            kernels.nvrtc_compile("broken_for_test.cu", np.float32, "sm_80")
+        (tmp_path / "edited_for_test.cu").write_text("".join(lines))
+        kernels._read_source.cache_clear()
+        assert kernels.nvrtc_compile("edited_for_test.cu", np.float32, "sm_80")["cubin"]  # the copy compiles
+        (tmp_path / "edited_for_test.cu").write_text("".join(broken))
+        kernels._read_source.cache_clear()
+        with pytest.raises(RuntimeError) as failure:
+            kernels.nvrtc_compile("edited_for_test.cu", np.float32, "sm_80")
     finally:
-        kernels._KERNELS.pop("broken_for_test.cu")
+        kernels._KERNELS.pop("edited_for_test.cu")
+        monkeypatch.undo()
+        kernels._read_source.cache_clear()
+    message = str(failure.value)
+    assert f"cuda/edited_for_test.cu({at + 1}): error" in message, message
+    assert "undeclared_name_for_this_test" in message
+
+
+def test_each_compilation_happens_once(monkeypatch):
+    _require_nvrtc()
+    runs = []
+    real_run = kernels._nvrtc_run
+    monkeypatch.setattr(kernels, "_nvrtc_run", lambda *a: runs.append(a[3:]) or real_run(*a))
+    first = kernels.nvrtc_compile("conv.cu", np.float64, "sm_80", ["-DGPULAYERS_CACHE_TEST"])
+    first["lowered"].clear()  # a caller editing its result does not edit the kept one
+    again = kernels.nvrtc_compile("conv.cu", np.float64, "sm_80", ["-DGPULAYERS_CACHE_TEST"])
+    other = kernels.nvrtc_compile("conv.cu", np.float32, "sm_80", ["-DGPULAYERS_CACHE_TEST"])
+    assert len(runs) == 2 and again["lowered"] and again["cubin"] == first["cubin"]
+    assert sorted(again["lowered"]) == sorted(kernels.name_expressions("conv.cu", np.float64))
+    assert sorted(other["lowered"]) == sorted(kernels.name_expressions("conv.cu", np.float32))
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
@@ -57,11 +91,10 @@ def test_no_kernel_spills_registers(arch):
     assert shared["global_pool_forward_rows<float, true>"] > 0  # block reduction scratch is reported
 
 
-def test_kernels_cli_prints_a_row_per_kernel():
+def test_kernels_cli_prints_a_row_per_kernel(capsys):
     _require_nvrtc()
-    import subprocess
-    import sys
+    from gpulayers import __main__ as cli
 
-    out = subprocess.run([sys.executable, "-m", "gpulayers", "kernels", "--arch", "sm_80"],
-                         capture_output=True, text=True, check=True).stdout
+    assert cli.main(["kernels", "--arch", "sm_80"]) == 0  # in this process: the compilations are kept
+    out = capsys.readouterr().out
     assert "max_pool_forward<float, true>" in out and "none spills registers" in out

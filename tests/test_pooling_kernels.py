@@ -8,7 +8,6 @@ from gpulayers.testing import assert_close
 
 from conftest import DTYPES, random_input
 
-rng = np.random.default_rng(99)
 
 # Shapes cross the 256-thread block edge (outputs and inputs are not multiples of 256),
 # windows are wider than tall, batches of one, padding on both sides.
@@ -55,7 +54,7 @@ def _forward_backward(cls, kw, dy):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("cls,kw,shape", WINDOWED + GLOBAL, ids=lambda v: getattr(v, "__name__", None))
-def test_kernels_match_reference(kernel_path, cls, kw, shape, data_format, dtype):
+def test_kernels_match_reference(kernel_path, cls, kw, shape, data_format, dtype, rng):
     kw, shape = _layout(kw, shape, data_format)
     x = random_input(rng, shape, dtype)
     ref = cls(**kw)
@@ -69,7 +68,7 @@ def test_kernels_match_reference(kernel_path, cls, kw, shape, data_format, dtype
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("cls", [gl.MaxPooling2D, gl.GlobalMaxPooling2D])
-def test_ties_nan_and_minus_inf(kernel_path, cls, data_format):
+def test_ties_nan_and_minus_inf(kernel_path, cls, data_format, rng):
     """First maximum wins ties; NaN propagates and takes the gradient; all -inf windows work."""
     x = rng.integers(-2, 3, size=(2, 12, 10, 3)).astype(np.float32)  # many ties
     x[0, 3, 4, 1] = np.nan
@@ -92,7 +91,7 @@ def test_ties_nan_and_minus_inf(kernel_path, cls, data_format):
 @pytest.mark.parametrize("cls,kw", [(gl.MaxPooling2D, dict(pool_size=3, strides=2, padding="same")),
                                     (gl.AveragePooling2D, dict(pool_size=3, strides=1, padding="same")),
                                     (gl.GlobalMaxPooling2D, dict(data_format="channels_first"))])
-def test_backward_is_bitwise_repeatable(kernel_path, cls, kw):
+def test_backward_is_bitwise_repeatable(kernel_path, cls, kw, rng):
     x = random_input(rng, (2, 21, 19, 6), np.float32)
     layer = cls(**kw)
 
@@ -105,7 +104,7 @@ def test_backward_is_bitwise_repeatable(kernel_path, cls, kw):
     assert all(np.array_equal(r, results[0]) for r in results[1:])
 
 
-def test_noncontiguous_and_reversed_inputs(kernel_path):
+def test_noncontiguous_and_reversed_inputs(kernel_path, rng):
     base = random_input(rng, (3, 40, 30, 5), np.float32)
     x = base[:, ::-1, ::2, 1:4]  # reversed, strided and sliced
     ref = gl.MaxPooling2D(pool_size=3, strides=2, padding="same")
@@ -125,7 +124,7 @@ def test_float16_global_average_of_ones_is_exactly_one_on_kernels(kernel_path):
     assert np.all(y == 1)
 
 
-def test_max_pool_keeps_one_byte_per_output_or_nothing():
+def test_max_pool_keeps_one_byte_per_output_or_nothing(rng):
     x = random_input(rng, (2, 20, 20, 3), np.float32)
     with gl.simulate():
         y, argmax = pooling.max_pool_forward_kernel(x, (2, 2), (2, 2), "valid", "channels_last")

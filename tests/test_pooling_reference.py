@@ -9,8 +9,6 @@ import gpulayers as gl
 from gpulayers.layers import pooling
 from gpulayers.testing import assert_close, numerical_gradient
 
-rng = np.random.default_rng(1234)
-
 
 def direct_pool(x, op, pool, strides, padding, data_format):
     """Pooling by explicit loops over every output element (channels_last internally)."""
@@ -59,7 +57,7 @@ CONFIGS = [
 @pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("rank,spatial,pool,strides", CONFIGS)
-def test_forward_matches_direct_loops(op, padding, data_format, rank, spatial, pool, strides):
+def test_forward_matches_direct_loops(op, padding, data_format, rank, spatial, pool, strides, rng):
     shape = (2, *spatial, 3) if data_format == "channels_last" else (2, 3, *spatial)
     x = rng.standard_normal(shape)
     fn = pooling.max_pool_forward if op == "max" else pooling.avg_pool_forward
@@ -73,7 +71,7 @@ def test_forward_matches_direct_loops(op, padding, data_format, rank, spatial, p
 @pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("rank,spatial,pool,strides", [CONFIGS[0], CONFIGS[4], CONFIGS[6]])
-def test_backward_matches_numerical_gradient(op, padding, data_format, rank, spatial, pool, strides):
+def test_backward_matches_numerical_gradient(op, padding, data_format, rank, spatial, pool, strides, rng):
     shape = (1, *spatial, 2) if data_format == "channels_last" else (1, 2, *spatial)
     x = rng.standard_normal(shape)
     args = (pool, strides, padding, data_format)
@@ -88,7 +86,7 @@ def test_backward_matches_numerical_gradient(op, padding, data_format, rank, spa
 @pytest.mark.parametrize("rank", [1, 2, 3])
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("keepdims", [False, True])
-def test_global_pooling_against_direct_formula_and_gradient(op, rank, data_format, keepdims):
+def test_global_pooling_against_direct_formula_and_gradient(op, rank, data_format, keepdims, rng):
     spatial = (5, 4, 3)[:rank]
     shape = (2, *spatial, 3) if data_format == "channels_last" else (2, 3, *spatial)
     x = rng.standard_normal(shape)
@@ -141,7 +139,7 @@ def test_float16_global_average_of_ones_is_exactly_one():
     assert y.dtype == np.float16 and np.all(y == 1)
 
 
-def test_output_dtype_equals_input_dtype_and_noncontiguous_input():
+def test_output_dtype_equals_input_dtype_and_noncontiguous_input(rng):
     x = rng.standard_normal((3, 10, 12, 4)).astype(np.float16)[:, ::-1, ::2]
     y = gl.MaxPooling2D()(x)
     assert y.dtype == np.float16

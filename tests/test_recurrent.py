@@ -9,8 +9,6 @@ from gpulayers.testing import assert_close, numerical_gradient, to_numpy
 
 from conftest import DTYPES
 
-rng = np.random.default_rng(41)
-
 
 def act(name, a):
     return {"tanh": np.tanh, "sigmoid": lambda v: 1 / (1 + np.exp(-v)), "relu": lambda v: max(v, 0.0),
@@ -68,7 +66,7 @@ def direct_rnn(name, kw, weights, x, states=None, mask=None):
     return [out, hs] + ([cs] if name == "LSTM" else [])
 
 
-def random_weights(layer):
+def random_weights(layer, rng):
     ws = [rng.standard_normal(w.shape) * 0.6 for w in layer.get_weights()]
     return ws
 
@@ -89,12 +87,12 @@ OPTIONS = [
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("mask", [None, HOLES], ids=["no-mask", "mask"])
 @pytest.mark.parametrize("name,kw", OPTIONS)
-def test_reference_matches_direct_equations(name, kw, mask, with_state):
+def test_reference_matches_direct_equations(name, kw, mask, with_state, rng):
     kw = dict(kw, return_sequences=True, return_state=True)
     x = rng.standard_normal((3, 5, 2))
     layer = getattr(gl, name)(**kw)
     layer(x)
-    ws = random_weights(layer)
+    ws = random_weights(layer, rng)
     layer.set_weights(ws)
     states = [rng.standard_normal((3, 3)) for _ in range(layer.state_count)] if with_state else None
     got = layer(x, initial_state=states, mask=mask)
@@ -106,12 +104,12 @@ def test_reference_matches_direct_equations(name, kw, mask, with_state):
 
 @pytest.mark.parametrize("return_sequences", [False, True])
 @pytest.mark.parametrize("name,kw", OPTIONS)
-def test_backward_matches_numerical_gradients(name, kw, return_sequences):
+def test_backward_matches_numerical_gradients(name, kw, return_sequences, rng):
     kw = dict(kw, return_sequences=return_sequences, return_state=True)
     x = rng.standard_normal((3, 5, 2))
     layer = getattr(gl, name)(**kw)
     layer(x)
-    ws = random_weights(layer)
+    ws = random_weights(layer, rng)
     layer.set_weights(ws)
     states = [rng.standard_normal((3, 3)) for _ in range(layer.state_count)]
     outs = layer(x, initial_state=states, mask=HOLES)
@@ -142,7 +140,7 @@ KERNEL_CASES = [(name, kw) for name, kw in OPTIONS] + [
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name,kw", KERNEL_CASES)
-def test_kernels_match_reference(kernel_path, name, kw, dtype):
+def test_kernels_match_reference(kernel_path, name, kw, dtype, rng):
     kw = dict(kw, return_sequences=True, return_state=True, seed=5)
     x = rng.standard_normal((5, 6, 4)).astype(dtype)
     mask = rng.random((5, 6)) > 0.3
@@ -169,7 +167,7 @@ def test_kernels_match_reference(kernel_path, name, kw, dtype):
 
 
 @pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave", None])
-def test_bidirectional_against_two_layers(merge_mode):
+def test_bidirectional_against_two_layers(merge_mode, rng):
     x = rng.standard_normal((3, 5, 2))
     fwd = gl.GRU(4, return_sequences=True, seed=1)
     bi = gl.Bidirectional(fwd, merge_mode=merge_mode)
@@ -202,7 +200,7 @@ def test_bidirectional_against_two_layers(merge_mode):
                                                              for w in ("kernel", "recurrent_kernel", "bias")}
 
 
-def test_bidirectional_states_and_kernels(kernel_path):
+def test_bidirectional_states_and_kernels(kernel_path, rng):
     x = rng.standard_normal((4, 6, 3)).astype(np.float32)
     bi_ref = gl.Bidirectional(gl.LSTM(5, return_sequences=True, return_state=True, seed=2))
     states = [rng.standard_normal((4, 5)).astype(np.float32) for _ in range(4)]
@@ -234,7 +232,7 @@ def torch_style_gru(x, sd, u):
     return h
 
 
-def test_pytorch_converters_follow_pytorch_equations_and_round_trip():
+def test_pytorch_converters_follow_pytorch_equations_and_round_trip(rng):
     x = rng.standard_normal((2, 4, 3))
     sd = {"weight_ih_l0": rng.standard_normal((12, 3)), "weight_hh_l0": rng.standard_normal((12, 4)),
           "bias_ih_l0": rng.standard_normal(12), "bias_hh_l0": rng.standard_normal(12)}
@@ -258,7 +256,7 @@ def test_pytorch_converters_follow_pytorch_equations_and_round_trip():
 
 
 @pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU"])
-def test_pytorch_modules_are_reproduced(kind):
+def test_pytorch_modules_are_reproduced(kind, rng):
     torch = pytest.importorskip("torch", reason="PyTorch (optional oracle) is not installed")
     torch.manual_seed(0)
     module = {"SimpleRNN": torch.nn.RNN, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}[kind](3, 5, batch_first=True)
@@ -307,7 +305,7 @@ def test_bad_arguments(kwargs, error, match):
         gl.GRU(**kwargs)
 
 
-def test_bad_inputs_fail_before_any_kernel(monkeypatch):
+def test_bad_inputs_fail_before_any_kernel(monkeypatch, rng):
     from gpulayers import kernels
 
     layer = gl.LSTM(4, return_state=True)
@@ -340,7 +338,7 @@ def test_bad_inputs_fail_before_any_kernel(monkeypatch):
         gl.Bidirectional(gl.GRU(2), merge_mode="max")
 
 
-def test_gradient_of_only_a_state(kernel_path):
+def test_gradient_of_only_a_state(kernel_path, rng):
     """backward([None, dh]) works: only the returned state gets a gradient."""
     x = rng.standard_normal((2, 4, 3)).astype(np.float32)
     ref = gl.GRU(3, return_state=True, seed=1)

@@ -10,7 +10,6 @@ FOLDER = Path(__file__).parent / "sim_kernels"
 NAMES = ["block_reverse", "block_reverse_no_barrier", "warp_sums", "warp_votes", "tree_sum", "histogram",
          "rotate_dynamic", "axpy3d<float>", "axpy3d<double>", "half_square", "write_past_end",
          "write_before_start", "divergent_barrier", "uneven_barriers", "read_before_start", "read_past_end"]
-rng = np.random.default_rng(7)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +23,7 @@ def expected_reverse(x, block):
     return padded.reshape(-1, block)[:, ::-1].ravel()[:n] if n % block == 0 else None
 
 
-def test_block_reverse_through_shared_memory(sim):
+def test_block_reverse_through_shared_memory(sim, rng):
     n, block = 1024, 256
     x = rng.standard_normal(n).astype(np.float32)
     y = np.zeros_like(x)
@@ -32,7 +31,7 @@ def test_block_reverse_through_shared_memory(sim):
     assert np.array_equal(y, x.reshape(-1, block)[:, ::-1].ravel())
 
 
-def test_missing_barrier_changes_the_result(sim):
+def test_missing_barrier_changes_the_result(sim, rng):
     n, block = 512, 256
     x = rng.standard_normal(n).astype(np.float32) + 10
     y = np.zeros_like(x)
@@ -40,7 +39,7 @@ def test_missing_barrier_changes_the_result(sim):
     assert not np.array_equal(y, x.reshape(-1, block)[:, ::-1].ravel())
 
 
-def test_warp_shuffles(sim):
+def test_warp_shuffles(sim, rng):
     n, block = 512, 128
     x = rng.standard_normal(n).astype(np.float32)
     down, butterfly, lane5 = np.zeros(n // 32, np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32)
@@ -51,7 +50,7 @@ def test_warp_shuffles(sim):
     assert np.array_equal(lane5, np.repeat(x.reshape(-1, 32)[:, 5], 32))
 
 
-def test_warp_votes_and_prefix(sim):
+def test_warp_votes_and_prefix(sim, rng):
     n, block = 256, 64
     x = rng.standard_normal(n).astype(np.float32)
     x[64:96] = np.abs(x[64:96]) + 1  # a warp where all lanes are positive
@@ -67,7 +66,7 @@ def test_warp_votes_and_prefix(sim):
     np.testing.assert_allclose(prefix, np.cumsum(x.reshape(-1, 32), axis=1).ravel(), rtol=1e-5, atol=1e-5)
 
 
-def test_shared_memory_tree_reduction(sim):
+def test_shared_memory_tree_reduction(sim, rng):
     n, block = 1000, 512
     x = rng.standard_normal(n)
     out = np.zeros(2)
@@ -75,14 +74,14 @@ def test_shared_memory_tree_reduction(sim):
     np.testing.assert_allclose(out, [x[:512].sum(), x[512:].sum()], rtol=1e-12)
 
 
-def test_atomic_histogram(sim):
+def test_atomic_histogram(sim, rng):
     bins = rng.integers(0, 10, size=5000).astype(np.int32)
     counts = np.zeros(10, np.uint32)
     sim.launch("histogram", (7,), (128,), [bins, counts, np.int32(bins.size)])
     assert np.array_equal(counts, np.bincount(bins, minlength=10))
 
 
-def test_dynamic_shared_memory(sim):
+def test_dynamic_shared_memory(sim, rng):
     x = rng.standard_normal(384).astype(np.float32)
     y = np.zeros_like(x)
     sim.launch("rotate_dynamic", (3,), (128,), [x, y], shared_mem=128 * 4)
@@ -90,7 +89,7 @@ def test_dynamic_shared_memory(sim):
 
 
 @pytest.mark.parametrize("dtype,name", [(np.float32, "axpy3d<float>"), (np.float64, "axpy3d<double>")])
-def test_templated_kernel_with_3d_grid(sim, dtype, name):
+def test_templated_kernel_with_3d_grid(sim, dtype, name, rng):
     nz, ny, nx = 5, 7, 19
     x = rng.standard_normal((nz, ny, nx)).astype(dtype)
     y = rng.standard_normal((nz, ny, nx)).astype(dtype)
@@ -99,7 +98,7 @@ def test_templated_kernel_with_3d_grid(sim, dtype, name):
     assert np.array_equal(y, expected)
 
 
-def test_half_arithmetic_rounds_like_the_gpu(sim):
+def test_half_arithmetic_rounds_like_the_gpu(sim, rng):
     x = rng.standard_normal(300).astype(np.float16)
     y = np.zeros_like(x)
     sim.launch("half_square", (2,), (256,), [x, y, np.int32(x.size)])
@@ -118,7 +117,7 @@ def test_out_of_bounds_write_before_the_start_is_reported(sim):
         sim.launch("write_before_start", (1,), (128,), [y, np.int32(100)])
 
 
-def test_out_of_bounds_reads_are_reported_at_either_edge(sim):
+def test_out_of_bounds_reads_are_reported_at_either_edge(sim, rng):
     x, y = rng.standard_normal(100).astype(np.float32), np.zeros(100, np.float32)
     with pytest.raises(simulator.KernelError, match=r"read_past_end.*argument 0 \(400 bytes\).*past its end"):
         sim.launch("read_past_end", (1,), (128,), [x, y, np.int32(100)])
@@ -140,9 +139,9 @@ def test_divergent_barrier_is_reported_not_hung(sim, name):
         sim.launch(name, (1,), (64,), [y])
 
 
-def test_simulator_recovers_after_an_error(sim):
+def test_simulator_recovers_after_an_error(sim, rng):
     test_out_of_bounds_write_past_the_end_is_reported(sim)
-    test_block_reverse_through_shared_memory(sim)
+    test_block_reverse_through_shared_memory(sim, rng)
 
 
 @pytest.mark.parametrize("block,shared,match", [((1025,), 0, "at most 1024 threads"),

@@ -7,7 +7,6 @@ from gpulayers.testing import assert_close
 
 from conftest import DTYPES
 
-rng = np.random.default_rng(3)
 
 normalize = kernels.elementwise_kernel(
     "T x, T mean, T inv_std, T gamma, T beta, float32 scale", "T y",
@@ -24,7 +23,7 @@ clip_indexed = kernels.elementwise_kernel(
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_elementwise_broadcasts_like_cupy(kernel_path, dtype):
+def test_elementwise_broadcasts_like_cupy(kernel_path, dtype, rng):
     x = rng.standard_normal((3, 5, 7, 33)).astype(dtype)
     mean, inv_std, gamma, beta = (rng.standard_normal(33).astype(dtype) for _ in range(4))
     y = kernel_path(lambda *a: normalize(*a, np.float32(0.5)), x, mean, inv_std, gamma, beta)
@@ -34,7 +33,7 @@ def test_elementwise_broadcasts_like_cupy(kernel_path, dtype):
 
 
 @pytest.mark.parametrize("axis,keepdims", [((0, 1, 2), False), ((0, 2), True), (None, False), (1, False)])
-def test_reduction_over_axes(kernel_path, axis, keepdims):
+def test_reduction_over_axes(kernel_path, axis, keepdims, rng):
     x = rng.standard_normal((4, 6, 5, 3)).astype(np.float32)
     shift = np.float32(0.25)
     y = kernel_path(lambda a: sum_squares(a, shift, axis=axis, keepdims=keepdims), x)
@@ -42,13 +41,13 @@ def test_reduction_over_axes(kernel_path, axis, keepdims):
     assert_close(np.asarray(y), expected)
 
 
-def test_reduction_with_an_integer_result(kernel_path):
+def test_reduction_with_an_integer_result(kernel_path, rng):
     x = rng.standard_normal((50, 7)).astype(np.float64)
     y = kernel_path(lambda a: count_positive(a, axis=0), x)
     assert np.array_equal(y, (x > 0).sum(0))
 
 
-def test_raw_parameters_and_index(kernel_path):
+def test_raw_parameters_and_index(kernel_path, rng):
     x = rng.standard_normal(300).astype(np.float32)
     y = kernel_path(lambda a: clip_indexed(a, np.int32(300), kernels.array_module(a).empty(300, np.float32)), x)
     assert np.array_equal(y, np.maximum(np.roll(x, -1), 0))

@@ -13,8 +13,6 @@ from gpulayers.layers import normalization
 
 from layer_cases import CASES, WEIGHTED, Path, assert_same, path, random_like, weights_of  # noqa: F401
 
-rng = np.random.default_rng(1111)
-
 
 def call(layer, case, p, x, kw):
     with p.ctx():
@@ -45,7 +43,7 @@ def bad_calls(case, x, kw):
 
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
-def test_a_failed_call_changes_nothing(case, path):
+def test_a_failed_call_changes_nothing(case, path, rng):
     x = rng.standard_normal(case.shape).astype(np.float32)
     kw = case.extra(rng, case.shape[0])
     layer = case.make()
@@ -74,7 +72,7 @@ def test_a_failed_call_changes_nothing(case, path):
 
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
-def test_a_failed_first_call_leaves_the_layer_unbuilt(case, path):
+def test_a_failed_first_call_leaves_the_layer_unbuilt(case, path, rng):
     x = rng.standard_normal(case.shape).astype(np.float32)
     kw = case.extra(rng, case.shape[0])
     layer, fresh = case.make(), case.make()
@@ -97,7 +95,7 @@ def _fail(*args, **kwargs):
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_a_failure_after_the_statistics_leaves_batch_norm_unchanged(path, training, monkeypatch):
+def test_a_failure_after_the_statistics_leaves_batch_norm_unchanged(path, training, monkeypatch, rng):
     """The moving statistics are computed before the normalisation: a failure there must undo them."""
     x = rng.standard_normal((6, 4)).astype(np.float32)
     layer = gl.BatchNormalization(momentum=0.5)
@@ -114,7 +112,7 @@ def test_a_failure_after_the_statistics_leaves_batch_norm_unchanged(path, traini
     assert_same(backward(layer, path, dy), dx)
 
 
-def test_a_failure_in_one_direction_leaves_bidirectional_unchanged(path):
+def test_a_failure_in_one_direction_leaves_bidirectional_unchanged(path, rng):
     x = rng.standard_normal((3, 5, 2)).astype(np.float32)
     bi = gl.Bidirectional(gl.LSTM(4, return_sequences=True, seed=3))
     with path.ctx():
@@ -158,7 +156,7 @@ def _bad_weight_lists(good):
 
 
 @pytest.mark.parametrize("case", WEIGHTED, ids=repr)
-def test_set_weights_is_all_or_nothing(case, path):
+def test_set_weights_is_all_or_nothing(case, path, rng):
     x = rng.standard_normal(case.shape).astype(np.float32)
     kw = case.extra(rng, case.shape[0])
     layer = case.make()
@@ -186,7 +184,7 @@ HOLES = np.array([[1, 1, 0, 1, 1], [0, 0, 1, 1, 1], [1, 1, 1, 0, 0]], bool)
 
 
 @pytest.mark.parametrize("kind", ["GRU", "LSTM", "SimpleRNN"])
-def test_bidirectional_neither_changes_nor_shares_the_wrapped_layer(kind):
+def test_bidirectional_neither_changes_nor_shares_the_wrapped_layer(kind, rng):
     x = rng.standard_normal((3, 5, 2)).astype(np.float32)
     layer = getattr(gl, kind)(4, return_sequences=True, seed=7)
     alone = layer(x, mask=HOLES)  # masked steps repeat the carried state (zero_output_for_mask=False)
@@ -217,7 +215,7 @@ def test_bidirectional_neither_changes_nor_shares_the_wrapped_layer(kind):
     assert_same(three.forward_layer.get_weights(), weights_of(fresh))
 
 
-def test_bidirectional_params_updates_reach_the_directions():
+def test_bidirectional_params_updates_reach_the_directions(rng):
     x = rng.standard_normal((3, 5, 2)).astype(np.float32)
     bi = gl.Bidirectional(gl.GRU(4, return_sequences=True, seed=1))
     y0 = bi(x)
@@ -245,7 +243,7 @@ def test_bidirectional_params_updates_reach_the_directions():
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
 @pytest.mark.parametrize("forward_in_simulator", [True, False], ids=["sim-then-numpy", "numpy-then-sim"])
-def test_backward_runs_on_the_path_of_its_forward(case, forward_in_simulator):
+def test_backward_runs_on_the_path_of_its_forward(case, forward_in_simulator, rng):
     """Forward inside simulate() and backward outside (or the reverse) gives exactly the
     gradient of the forward's path."""
     sim, ref = Path("simulator"), Path("numpy")
@@ -262,7 +260,7 @@ def test_backward_runs_on_the_path_of_its_forward(case, forward_in_simulator):
 
 
 @pytest.mark.gpu
-def test_a_gradient_on_another_device_is_a_clear_error():
+def test_a_gradient_on_another_device_is_a_clear_error(rng):
     if not kernels.gpu_available():
         pytest.skip("no CUDA GPU available (CuPy missing or no device)")
     gpu = Path("gpu")
@@ -292,7 +290,7 @@ def test_simulate_is_per_thread():
 # ----------------------------------------------------------------------------- in-place input edits
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
-def test_editing_the_input_in_place_after_a_call_does_not_change_backward(case, path):
+def test_editing_the_input_in_place_after_a_call_does_not_change_backward(case, path, rng):
     x = rng.standard_normal(case.shape).astype(np.float32)
     kw = case.extra(rng, case.shape[0])
     edited, clean = case.make(), case.make()
@@ -336,7 +334,7 @@ def _initializer_cases():
 
 @pytest.mark.parametrize("arg,weight,make,shape,x_shape", _initializer_cases(),
                          ids=["LSTM-kernel", "LSTM-recurrent", "LSTM-bias", "GRU-bias", "BN-gamma", "BN-moving-var"])
-def test_initializers_are_checked_and_copied(arg, weight, make, shape, x_shape):
+def test_initializers_are_checked_and_copied(arg, weight, make, shape, x_shape, rng):
     x = rng.standard_normal(x_shape).astype(np.float32)
     bad = [(lambda s, d: np.ones((7,) + tuple(s), d), ValueError, r"must have shape"),
            (lambda s, d: np.ones(s, np.complex64), TypeError, r"must have a real floating dtype"),
@@ -383,7 +381,7 @@ class _Scale(gl.Layer):
         return dy * self.params["w"]
 
 
-def test_a_user_layer_gets_the_same_guarantees():
+def test_a_user_layer_gets_the_same_guarantees(rng):
     x = rng.standard_normal((3, 4)).astype(np.float32)
     layer = _Scale()
     with pytest.raises(RuntimeError, match="planted"):

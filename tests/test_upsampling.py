@@ -10,8 +10,6 @@ from gpulayers.testing import assert_close, numerical_gradient
 
 from conftest import DTYPES, random_input
 
-rng = np.random.default_rng(21)
-
 
 def direct_nearest(x, size, data_format):
     cl = np.moveaxis(x, 1, -1) if data_format == "channels_first" else x
@@ -47,7 +45,7 @@ def direct_bilinear(x, size, data_format):
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("size,spatial", [((3,), (5,)), ((2, 3), (3, 4)), ((1, 2, 3), (2, 3, 2))])
-def test_nearest_reference(size, spatial, data_format):
+def test_nearest_reference(size, spatial, data_format, rng):
     shape = (2, *spatial, 3) if data_format == "channels_last" else (2, 3, *spatial)
     x = rng.standard_normal(shape)
     y = upsampling.upsample_nearest(x, size, data_format)
@@ -60,7 +58,7 @@ def test_nearest_reference(size, spatial, data_format):
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("size", [(2, 2), (3, 2), (1, 4), (5, 3)])
-def test_bilinear_reference(size, data_format):
+def test_bilinear_reference(size, data_format, rng):
     shape = (2, 4, 3, 2) if data_format == "channels_last" else (2, 2, 4, 3)
     x = rng.standard_normal(shape)
     y = upsampling.upsample_bilinear(x, size, data_format)
@@ -100,7 +98,7 @@ CASES = [
     (cls, kw, shape, fmt) for cls, kw, shape in CASES for fmt in ("channels_last", "channels_first")
     if not (cls is gl.UpSampling1D and fmt == "channels_first")],  # UpSampling1D has no data_format (Keras)
     ids=lambda v: getattr(v, "__name__", None))
-def test_kernels_match_reference(kernel_path, cls, kw, shape, data_format, dtype):
+def test_kernels_match_reference(kernel_path, cls, kw, shape, data_format, dtype, rng):
     if cls is not gl.UpSampling1D:
         kw = dict(kw, data_format=data_format)
         if data_format == "channels_first":
@@ -117,7 +115,7 @@ def test_kernels_match_reference(kernel_path, cls, kw, shape, data_format, dtype
 
 
 @pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
-def test_backward_is_bitwise_repeatable_and_handles_unaligned_views(kernel_path, interpolation):
+def test_backward_is_bitwise_repeatable_and_handles_unaligned_views(kernel_path, interpolation, rng):
     base = random_input(rng, (3, 9, 7, 9), np.float32)
     x = base[1:, :, :, 1:]  # a view whose rows start off the 16-byte grid
     layer = gl.UpSampling2D(size=(2, 3), interpolation=interpolation)

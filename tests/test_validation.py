@@ -9,8 +9,6 @@ from gpulayers import kernels
 
 from layer_cases import CASES, Path, assert_same, path, random_like, weights_of  # noqa: F401
 
-rng = np.random.default_rng(2222)
-
 
 def no_kernels(monkeypatch):
     """Make any raw-kernel launch or element-wise snippet call fail the test."""
@@ -26,7 +24,7 @@ def no_kernels(monkeypatch):
 @pytest.mark.parametrize("case", CASES, ids=repr)
 @pytest.mark.parametrize("bad", ["False", 0, 1, None, 1.0, np.array(True), np.array([True, False])],
                          ids=["str", "0", "1", "None", "float", "0-d-array", "array"])
-def test_training_must_be_a_bool(case, bad):
+def test_training_must_be_a_bool(case, bad, rng):
     layer = case.make()
     x = rng.standard_normal(case.shape).astype(np.float32)
     with pytest.raises(TypeError, match=rf"{type(layer).__name__}: `training` must be a bool. Received: training="):
@@ -36,7 +34,7 @@ def test_training_must_be_a_bool(case, bad):
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.name.startswith(("BatchNormalization", "MaxPooling1D",
                                                                           "GRU", "Bidirectional"))], ids=repr)
-def test_numpy_bool_training_is_a_bool(case):
+def test_numpy_bool_training_is_a_bool(case, rng):
     x = rng.standard_normal(case.shape).astype(np.float32)
     kw = case.extra(rng, case.shape[0])
     a, b = case.make(), case.make()
@@ -45,7 +43,7 @@ def test_numpy_bool_training_is_a_bool(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
-def test_unknown_call_keywords_are_refused(case):
+def test_unknown_call_keywords_are_refused(case, rng):
     layer = case.make()
     x = rng.standard_normal(case.shape).astype(np.float32)
     with pytest.raises(TypeError, match=rf"{type(layer).__name__}: unknown call argument\(s\) trainig. "
@@ -67,7 +65,7 @@ def _weight_dtype(dtype):
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in ("BatchNormalization-training",
                                                                  "BatchNormalization-inference", "LSTM", "GRU",
                                                                  "SimpleRNN", "Bidirectional")], ids=repr)
-def test_a_layer_built_in_one_dtype_works_in_another(case, built, called, path):
+def test_a_layer_built_in_one_dtype_works_in_another(case, built, called, path, rng):
     """The result equals that of a layer built in the called dtype with the same weights (the
     weights and statistics cast to the call's accumulate type), on every path."""
     x = rng.standard_normal(case.shape)
@@ -108,7 +106,7 @@ def test_a_layer_built_in_one_dtype_works_in_another(case, built, called, path):
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
 @pytest.mark.parametrize("first", [True, False], ids=["first-call", "after-a-call"])
-def test_a_zero_size_batch_gives_empty_results_without_kernels(case, first, path, monkeypatch):
+def test_a_zero_size_batch_gives_empty_results_without_kernels(case, first, path, monkeypatch, rng):
     x1 = rng.standard_normal((1,) + case.shape[1:]).astype(np.float32)
     twin = case.make()  # the shapes of a batch-1 call, batch replaced by 0
     with path.ctx():
@@ -170,7 +168,7 @@ def test_an_upsampled_size_beyond_32_bits_is_a_clear_error(monkeypatch):
         layer(np.ones((1, 2, 1, 1), np.float32))
 
 
-def test_the_reference_path_takes_any_stride():
+def test_the_reference_path_takes_any_stride(rng):
     """Python ints have no 32-bit limit: a stride of 2**31 works on the NumPy path, like any
     stride at least the input size."""
     x = rng.standard_normal((2, 5, 3)).astype(np.float32)
