@@ -253,3 +253,17 @@ def test_checking_raises_on_a_hazard(rng, monkeypatch):
     with analysis.checking(), pytest.raises(sim.KernelError, match="RAW race on shared memory"):
         analysis.run(FILE.resolve(), ["reverse_missing_barrier"], "reverse_missing_barrier", (2,), (128,), [x, y])
     assert kernels.simulating() is False
+
+
+def test_kernels_whose_names_the_launcher_could_shadow(tmp_path):
+    """A kernel may be called k, args or n, and its dynamic shared array out."""
+    src = tmp_path / "short_names.cu"
+    src.write_text('extern "C" __global__ void k(const float* x, float* y) {\n'
+                   "  extern __shared__ float out[];\n"
+                   "  out[threadIdx.x] = x[2 * threadIdx.x];\n  __syncthreads();\n"
+                   "  y[threadIdx.x] = out[31 - threadIdx.x];\n}\n"
+                   'extern "C" __global__ void args(float* n) { n[threadIdx.x] = 1.f; }\n')
+    x, y = np.arange(64, dtype=np.float32), np.zeros(32, np.float32)
+    r = sim.analyze(src, "k", 1, 32, [x, y], shared_mem=128)
+    assert np.array_equal(y, x[::2][::-1]) and r.load_sectors == 8 and r.load_ideal_sectors == 4
+    assert sim.analyze(src, "args", 1, 32, [y]).store_requests == 1

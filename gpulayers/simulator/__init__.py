@@ -94,17 +94,20 @@ def translation_unit(cu_path: Path, names: list[str]) -> str:
             lines.append(f"alignas(16) thread_local {ctype} {name}"
                          f"[{DYNAMIC_SHARED_BYTES} / sizeof({ctype})];")
     shared = [name for _, name in _EXTERN_SHARED.findall(text)]
-    lines += ['extern "C" GLSIM_RT int glsim_dynamic_shared(void** out, int max) {',
-              "  int n = 0;"] + [f"  if (n < max) out[n++] = (void*){name};" for name in dict.fromkeys(shared)] + [
-              "  return n;", "}"]
-    lines += ['extern "C" GLSIM_RT int glsim_launch(int k, int nargs, const unsigned* grid, const unsigned* block,',
-              "    unsigned long long shared, void** args, const unsigned long long* arg_sizes, int narrays,",
-              "    const int* arg_index, const unsigned long long* nbytes, int guard_at_start, char* err, int errlen) {",
-              "  switch (k) {"]
+    lines += ['extern "C" GLSIM_RT int glsim_dynamic_shared(void** glsim_out, int glsim_max) {',
+              "  int glsim_n = 0;"] + [f"  if (glsim_n < glsim_max) glsim_out[glsim_n++] = (void*){name};"
+                                     for name in dict.fromkeys(shared)] + ["  return glsim_n;", "}"]
+    # parameter names that no kernel shadows (a kernel may well be called k or args)
+    lines += ['extern "C" GLSIM_RT int glsim_launch(int glsim_k, int glsim_nargs, const unsigned* glsim_grid,',
+              "    const unsigned* glsim_block, unsigned long long glsim_shared, void** glsim_args,",
+              "    const unsigned long long* glsim_sizes, int glsim_narrays, const int* glsim_index,",
+              "    const unsigned long long* glsim_nbytes, int glsim_at_start, char* glsim_err, int glsim_errlen) {",
+              "  switch (glsim_k) {"]
     for i, name in enumerate(names):
-        lines.append(f"    case {i}: return glsim::launch_kernel(&{name}, nargs, grid, block, shared, "
-                     "args, arg_sizes, narrays, arg_index, nbytes, guard_at_start, err, errlen);")
-    lines += ['    default: std::snprintf(err, errlen, "no kernel %d", k); return 1;', "  }", "}", ""]
+        lines.append(f"    case {i}: return glsim::launch_kernel(&{name}, glsim_nargs, glsim_grid, glsim_block, "
+                     "glsim_shared, glsim_args, glsim_sizes, glsim_narrays, glsim_index, glsim_nbytes, "
+                     "glsim_at_start, glsim_err, glsim_errlen);")
+    lines += ['    default: std::snprintf(glsim_err, glsim_errlen, "no kernel %d", glsim_k); return 1;', "  }", "}", ""]
     return "\n".join(lines)
 
 
