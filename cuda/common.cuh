@@ -300,4 +300,37 @@ struct WarpRow {
     }
 };
 
+// Copies src[0, count) into dst (shared memory) with the whole block, 4 bytes per thread for
+// 1- and 2-byte types (consecutive threads read consecutive aligned words: coalesced whatever
+// count is). [array_begin, array_end) is the array src points into (4-byte aligned): no word
+// outside it is read. Every thread of the block must call it.
+template <typename T>
+__device__ __forceinline__ void block_load(T* dst, const T* __restrict__ src, int count, const T* array_begin,
+                                           const T* array_end) {
+    if (sizeof(T) >= 4) {
+        for (int k = threadIdx.x; k < count; k += blockDim.x) dst[k] = src[k];
+        return;
+    }
+    const int P = 4 / (int)sizeof(T);
+    const int shift = (int)(((unsigned long long)src / sizeof(T)) % P);  // elements of src's word before src
+    const T* words = src - shift;
+    const int nwords = (shift + count + P - 1) / P;
+    for (int j = threadIdx.x; j < nwords; j += blockDim.x) {
+        const T* wp = words + j * P;
+        if (wp >= array_begin && wp + P <= array_end) {
+            const unsigned int w = *reinterpret_cast<const unsigned int*>(wp);
+            for (int k = 0; k < P; ++k) {
+                const int e = j * P + k - shift;
+                const unsigned int bits = w >> (8 * sizeof(T) * k);
+                if (e >= 0 && e < count) dst[e] = *reinterpret_cast<const T*>(&bits);
+            }
+        } else {
+            for (int k = 0; k < P; ++k) {
+                const int e = j * P + k - shift;
+                if (e >= 0 && e < count) dst[e] = src[e];
+            }
+        }
+    }
+}
+
 }  // namespace gl

@@ -15,11 +15,10 @@
 // input gradient is written exactly once: deterministic, no atomics, no zero-fill pass.
 // channels_first with a column stride (forward) and channels_first backward run warp-per-row
 // kernels instead (pool_forward_rows, pool_backward_rows): a thread per element would read
-// with a stride between lanes. Measured in the simulator's analysis mode
-// (python -m gpulayers profile --sim, 2x64x28x28): all at the targets except float16 rows of
-// 28 inputs / 14 outputs, whose 56- and 28-byte row reads straddle sector boundaries: 1.26x
-// the ideal load sectors (3x3/2 "same" forward) and 1.75x (average pooling backward's dy);
-// DRAM bytes stay at the minimum.
+// with a stride between lanes. Rows of at most 32 outputs (1-D and 2-D pooling) are handled 8
+// per block through shared memory (loaded and stored as contiguous runs), since requests for
+// one short row straddle sector boundaries. Every pooling kernel meets the simulator model's
+// targets (python -m gpulayers profile --sim).
 // Max pooling records the window offset of the first maximum (row-major, NaN counts as
 // the maximum) in one byte per output when the window has at most 256 cells; otherwise
 // backward recomputes it from x.
@@ -188,6 +187,7 @@ __device__ __forceinline__ gl::acc_t<T> pool_row_chunk(const T* __restrict__ x, 
 // sectors: the block's 8 warps take 8 consecutive output rows (contiguous in y), stage their
 // results in shared memory, and the block stores them as one contiguous run.
 constexpr int kRowsBlock = 256;
+constexpr int kStagedInput = 2048;  // input elements pool_forward_rows may stage per block
 
 template <typename T, bool IS_MAX>
 __global__ void __launch_bounds__(kRowsBlock)
@@ -201,17 +201,52 @@ pool_forward_rows(const T* __restrict__ x, T* __restrict__ y, unsigned char* __r
     if (chunks == 1) {
         __shared__ T staged[kRowsBlock];
         __shared__ unsigned char staged_off[kRowsBlock];
+        // 1-D and 2-D pooling whose input rows fit: the tile's input rows (one contiguous run of
+        // x, consecutive planes being adjacent) are loaded once into shared memory, coalesced.
+        __shared__ T staged_x[kStagedInput];
+        const bool stage_x = g.D == 1 && ((warps_per_block + 1) * g.SH + g.KH + 2) * g.W <= kStagedInput;
         const index_t tiles = (rows + warps_per_block - 1) / warps_per_block;
         for (index_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
             const index_t row = tile * warps_per_block + warp;
+            index_t first_in = 0;
+            if (stage_x) {  // the same for the whole block
+                const index_t r0 = tile * warps_per_block, r1 = min(r0 + warps_per_block, rows) - 1;
+                first_in = (r0 / g.OH) * g.H + max((int)(r0 % g.OH) * g.SH - g.PH, 0);
+                const index_t last_in = (r1 / g.OH) * g.H + min((int)(r1 % g.OH) * g.SH - g.PH + g.KH - 1, g.H - 1);
+                const index_t total = (index_t)g.N * g.C * g.H * g.W;
+                gl::block_load(staged_x, x + first_in * g.W, (int)max(last_in - first_in + 1, (index_t)0) * g.W, x,
+                               x + total);
+                __syncthreads();
+            }
             if (row < rows) {  // the same for the warp's lanes
                 index_t q = row;
                 const int oh = (int)(q % g.OH); q /= g.OH;
                 const int od = (int)(q % g.OD); q /= g.OD;
                 const int c = (int)(q % g.C);
                 const int n = (int)(q / g.C);
-                int off;
-                const A v = pool_row_chunk<T, IS_MAX>(x, g, n, c, od, oh, 0, off);
+                int off = -1;
+                A v = 0;
+                if (stage_x) {  // same cells in the same order as pool_row_chunk, read from shared memory
+                    const index_t plane = row / g.OH;
+                    const int h0 = oh * g.SH - g.PH, w0 = lane * g.SW - g.PW;
+                    for (int kh = 0; kh < g.KH; ++kh) {
+                        const int h = h0 + kh;
+                        if (h < 0 || h >= g.H) continue;
+                        const int base = (int)(plane * g.H + h - first_in) * g.W;
+                        for (int kw = 0; kw < g.KW; ++kw) {
+                            const int w = w0 + kw;
+                            if (lane >= g.OW || w < 0 || w >= g.W) continue;
+                            const A cell = gl::to_acc(staged_x[base + w]);
+                            if (IS_MAX) {
+                                if (off < 0 || gl::max_replaces(cell, v)) { v = cell; off = kh * g.KW + kw; }
+                            } else {
+                                v += cell;
+                            }
+                        }
+                    }
+                } else {
+                    v = pool_row_chunk<T, IS_MAX>(x, g, n, c, od, oh, 0, off);
+                }
                 if (lane < g.OW) {
                     staged[warp * g.OW + lane] = gl::from_acc<T>(IS_MAX ? v : v / window_count(g, od, oh, lane));
                     staged_off[warp * g.OW + lane] = (unsigned char)off;
@@ -295,6 +330,66 @@ __global__ void max_pool_backward(const T* __restrict__ x, const unsigned char* 
 // when the warp's columns fit in kRowSegments segments (and max pooling kept its offsets).
 constexpr int kRowSegments = 4;
 
+// Rows of at most 32 columns (1-D and 2-D pooling): a block takes 8 consecutive input rows
+// (a warp each), which read a contiguous run of dy rows (consecutive planes are adjacent):
+// the block loads that run (and the window offsets) into shared memory as one coalesced run,
+// the warps gather from it, and the block stores its 8 rows of dx as one contiguous run.
+// Short rows would otherwise make every request straddle sector boundaries.
+constexpr int kStageRows = 32;  // dy rows a block may stage (the caller checks the geometry)
+
+template <typename T, bool IS_MAX>
+__device__ __forceinline__ void pool_backward_staged(const T* __restrict__ dy, const unsigned char* __restrict__ argmax,
+                                                     T* __restrict__ dx, const PoolGeom& g) {
+    typedef gl::acc_t<T> A;
+    __shared__ T staged_dy[kStageRows * 32];
+    __shared__ unsigned char staged_off[kStageRows * 32];
+    __shared__ T staged_dx[kRowsBlock];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps_per_block = kRowsBlock / 32;
+    const index_t rows = (index_t)g.N * g.C * g.H;  // input rows (plane, h); D == 1
+    const index_t tiles = (rows + warps_per_block - 1) / warps_per_block;
+    for (index_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        const index_t r0 = tile * warps_per_block;
+        const index_t r1 = min(r0 + warps_per_block, rows) - 1;  // the tile's last row
+        int lo, hi, unused;
+        covering((int)(r0 % g.H), g.PH, g.KH, g.SH, g.OH, lo, unused);
+        covering((int)(r1 % g.H), g.PH, g.KH, g.SH, g.OH, unused, hi);
+        const index_t first = (r0 / g.H) * g.OH + lo;  // flat dy row index (plane * OH + oh)
+        const index_t last = (r1 / g.H) * g.OH + hi;
+        const int count = last >= first ? (int)(last - first + 1) * g.OW : 0;
+        const index_t total = (index_t)g.N * g.C * g.OH * g.OW;  // dy's (and argmax's) elements
+        gl::block_load(staged_dy, dy + first * g.OW, count, dy, dy + total);
+        if (IS_MAX) gl::block_load(staged_off, argmax + first * g.OW, count, argmax, argmax + total);
+        __syncthreads();
+        const index_t r = r0 + warp;
+        if (r < rows) {  // the same for the warp's lanes
+            const index_t plane = r / g.H;
+            const int h = (int)(r % g.H), w = lane;
+            int hlo, hhi, wlo, whi;
+            covering(h, g.PH, g.KH, g.SH, g.OH, hlo, hhi);
+            covering(w, g.PW, g.KW, g.SW, g.OW, wlo, whi);
+            A acc = 0;
+            if (w < g.W)
+                for (int oh = hlo; oh <= hhi; ++oh) {
+                    const int base = (int)(plane * g.OH + oh - first) * g.OW;
+                    for (int ow = wlo; ow <= whi; ++ow) {
+                        const A gv = gl::to_acc(staged_dy[base + ow]);
+                        if (IS_MAX) {
+                            const int mine = (h - (oh * g.SH - g.PH)) * g.KW + (w - (ow * g.SW - g.PW));
+                            acc += ((int)staged_off[base + ow] == mine) ? gv : (A)0;
+                        } else {
+                            acc += gv / window_count(g, 0, oh, ow);
+                        }
+                    }
+                }
+            if (w < g.W) staged_dx[warp * g.W + w] = gl::from_acc<T>(acc);
+        }
+        __syncthreads();
+        const int n_out = (int)(r1 - r0 + 1) * g.W;
+        for (int k = threadIdx.x; k < n_out; k += kRowsBlock) dx[r0 * g.W + k] = staged_dx[k];
+        __syncthreads();
+    }
+}
+
 template <typename T, bool IS_MAX>
 __global__ void pool_backward_rows(const T* __restrict__ dy, const unsigned char* __restrict__ argmax,
                                    T* __restrict__ dx, POOL_GEOM_PARAMS) {
@@ -304,6 +399,10 @@ __global__ void pool_backward_rows(const T* __restrict__ dy, const unsigned char
     const int chunks = (g.W + 31) / 32;
     const index_t warps = (index_t)g.N * g.C * g.D * g.H * chunks;
     const int per_lane = (g.KW + g.SW - 1) / g.SW;  // most outputs covering one column
+    if (chunks == 1 && g.D == 1 && (7 + 2 * g.KH) / g.SH + 4 <= kStageRows) {  // the dy rows of 8 input rows fit
+        pool_backward_staged<T, IS_MAX>(dy, argmax, dx, g);
+        return;
+    }
     for (index_t wi = gl::global_thread_index() / 32; wi < warps; wi += gl::grid_stride() / 32) {
         index_t q = wi;  // warp -> (n, c, d, h, chunk)
         const int chunk = (int)(q % chunks); q /= chunks;
