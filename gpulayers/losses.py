@@ -17,12 +17,10 @@ import numbers
 import numpy as np
 
 from . import kernels, validation
+from .layers._common import acc_dtype
 
 EPSILON = 1e-7  # keras.config.epsilon()
 
-
-def _acc(dtype):
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
 def _xp_types():
@@ -52,7 +50,7 @@ class Loss:
         if y_pred.size == 0:
             raise ValueError(f"{me}: `y_pred` must not be empty. Received: y_pred.shape={tuple(y_pred.shape)}")
         y_true = self._check_true(y_true, y_pred)
-        acc = _acc(y_pred.dtype)
+        acc = acc_dtype(y_pred.dtype)
         value, grad = self.compute(xp, y_true, y_pred.astype(acc))
         self._grad = grad.astype(y_pred.dtype)
         return value
@@ -71,7 +69,7 @@ class Loss:
                              f"Received: y_true.shape={tuple(y_true.shape)}")
         if y_true.dtype.kind not in "fiub":
             raise TypeError(f"{me}: `y_true` must be numeric. Received: y_true.dtype={y_true.dtype}")
-        return y_true.astype(_acc(y_pred.dtype))
+        return y_true.astype(acc_dtype(y_pred.dtype))
 
     def compute(self, xp, y_true, y_pred):  # pragma: no cover - abstract
         """(mean loss as a 0-d array, d mean / d y_pred) in the compute dtype."""

@@ -18,14 +18,11 @@ import numpy as np
 
 from .. import kernels, validation
 from ._signature import with_signature
+from ._common import acc_dtype  # noqa: F401  (re-exported: convolution imports it here)
 from .base import Layer
 
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "silu")
 
-
-def acc_dtype(dtype):
-    """The accumulate/compute dtype of an input dtype: float64 for float64, else float32."""
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
 def activation_name(layer, arg, value):

@@ -22,6 +22,7 @@ import numpy as np
 from .. import distributed, kernels, validation
 from ._float16 import narrow, widen
 from ._signature import with_signature
+from ._common import acc_dtype as _acc_dtype
 from .base import Layer
 
 SOURCE = "batchnorm.cu"
@@ -49,9 +50,6 @@ _train_input_grad = kernels.elementwise_kernel(
     "dx = (T)(gamma * inv_std * (((S)dy) - mean_dy - xhat * mean_dy_xhat))", "gpulayers_bn_train_grad")
 _scale = kernels.elementwise_kernel("T dy, S scale", "T dx", "dx = (T)(((S)dy) * scale)", "gpulayers_bn_scale")
 
-
-def _acc_dtype(dtype):
-    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
 
 
 def _reduced_axes(ndim, axes):

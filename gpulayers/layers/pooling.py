@@ -22,6 +22,9 @@ from .. import kernels, validation
 from ._float16 import narrow as _cast
 from ._float16 import widen as _work
 from ._signature import with_signature
+from ._common import acc_dtype as _acc_dtype
+from ._common import from_channels_last as _from_channels_last
+from ._common import to_channels_last as _to_channels_last
 from .base import Layer
 
 SOURCE = "pooling.cu"
@@ -57,17 +60,7 @@ def pool_geometry(in_sizes, pool_size, strides, padding):
     return tuple(out), tuple(pad_before)
 
 
-def _acc_dtype(dtype):
-    """Accumulate type: float32 for float16 and float32, float64 for float64."""
-    return np.float64 if dtype == np.float64 else np.float32
 
-
-def _to_channels_last(x, data_format):
-    return np.moveaxis(x, 1, -1) if data_format == "channels_first" else x
-
-
-def _from_channels_last(x, data_format):
-    return np.moveaxis(x, -1, 1) if data_format == "channels_first" else x
 
 
 def _spatial_axes(ndim, data_format):

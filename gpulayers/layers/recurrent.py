@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import kernels, validation
 from ._signature import with_signature
+from ._common import acc_dtype as _acc_dtype
 from .base import Layer
 
 SOURCE = "recurrent.cu"
@@ -64,9 +65,6 @@ class Spec:
     def has_cell_state(self):
         return self.cell == "lstm"
 
-
-def _acc_dtype(dtype):
-    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
 
 
 def activate(name, a):
