@@ -1337,7 +1337,7 @@ class Flatten(_Module):
                              f"Received: inputs.shape={tuple(x.shape)}")
         if self._gl.data_format == "channels_first" and x.dim() > 2:
             x = x.movedim(1, -1)
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # also for an empty batch
 
 
 class Dropout(_Module):
