@@ -672,6 +672,7 @@ def _new_op_samples():
         (torch.ops.gpulayers.conv2d_forward.default, (g(img), g(ck), g(r(4)), *conv, "relu")),
         (torch.ops.gpulayers.conv2d_forward.default, (g(r(2, 3, 6, 5)), g(tk), None, True, [1, 2], "same", [1, 1],
                                                       [-1, -1], "channels_first", "linear")),
+        (torch.ops.gpulayers.conv2d_forward.default, (g(img), g(tk), g(r(4)), *convt, "sigmoid")),
         (torch.ops.gpulayers.conv2d_backward.default, (r(*yc.shape), img, ck, zc, False, *conv, "gelu")),
         (torch.ops.gpulayers.conv2d_backward.default, (r(*yt.shape), img, tk, _empty64(), True, *convt, "linear")),
         (torch.ops.gpulayers.activation_forward.default, (g(x), "softmax")),
@@ -707,9 +708,17 @@ def test_opcheck_convolutions_on_the_simulator():
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("name", ["Conv2D", "Conv2DTranspose"])
-def test_convolutions_on_the_simulator_match_the_reference(name, data_format):
+def test_convolutions_on_the_simulator_match_the_reference(name, data_format, monkeypatch):
     """Inside gpulayers.simulate() the im2col/col2im kernels run; outputs and all gradients equal
     the NumPy reference's (sizes across the kernels' 256-thread blocks)."""
+    launched = []
+    launch = kernels.launch
+
+    def counting_launch(source, name, *args, **kwargs):
+        launched.append(name.split("<")[0])
+        return launch(source, name, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "launch", counting_launch)
     rng = np.random.default_rng(31)
     shape = (2, 9, 10, 3) if data_format == "channels_last" else (2, 3, 9, 10)
     x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
@@ -722,9 +731,15 @@ def test_convolutions_on_the_simulator_match_the_reference(name, data_format):
         xt = x.clone().requires_grad_(True)
         with gl.simulate() if simulated else _nothing():
             y = module(xt)
+            forward_launches = set(launched)
             dy = torch.from_numpy(np.random.default_rng(2).standard_normal(tuple(y.shape)).astype(np.float32))
             y.backward(dy)
         runs.append([y.detach(), xt.grad, module.kernel.grad.clone(), module.bias.grad.clone()])
+        if simulated:  # forward: im2col (Conv2D) or col2im (transpose); backward: im2col, and col2im for dx of Conv2D
+            assert forward_launches == {"col2im" if name == "Conv2DTranspose" else "im2col"}, launched
+            assert launched == (["col2im", "im2col"] if name == "Conv2DTranspose" else ["im2col", "im2col", "col2im"])
+        else:
+            assert launched == [], launched
     for what, s, r in zip(("output", "input gradient", "kernel gradient", "bias gradient"), *runs[::-1]):
         torch.testing.assert_close(s, r, rtol=1e-5, atol=1e-5, msg=f"{name} {data_format} {what}")
 
