@@ -879,3 +879,48 @@ def test_adam_trains_a_small_conv_dense_model():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_new_modules_float16_match_the_layers():
+    """float16 inputs (float32 weights and compute, as the layers): outputs and input gradients."""
+    rng = np.random.default_rng(47)
+    x = rng.standard_normal((2, 6, 5, 4)).astype(np.float16)
+    for factory in (lambda m: m.Dense(3, activation="silu", seed=1),
+                    lambda m: m.Conv2D(3, 3, padding="same", activation="gelu", seed=2),
+                    lambda m: m.Conv2DTranspose(2, 2, strides=2, activation="sigmoid", seed=3),
+                    lambda m: m.Activation("softmax")):
+        module = _built(factory, x.shape, torch.float16)
+        layer = factory(gl)
+        layer(np.full(x.shape, 0.5, np.float16))
+        layer.set_weights(module.get_weights())
+        y = layer(x)
+        dy = rng.standard_normal(y.shape).astype(np.float16)
+        dx = layer.backward(dy)
+        (yt,), dxt = _run_torch(module, x, [dy], False)
+        assert yt.dtype == np.float16 and dxt.dtype == np.float16
+        assert all(p.dtype == torch.float32 for p in module.parameters())
+        _assert_close(yt, y, np.float16, type(module).__name__)
+        _assert_close(dxt, dx, np.float16, type(module).__name__ + " dx", normwise=True)
+        for name, g in layer.grads.items():
+            _assert_close(getattr(module, name).grad.numpy(), g, np.float32, f"gradient of {name}")
+
+
+def test_new_modules_channels_last_memory_format_and_non_contiguous_inputs():
+    rng = np.random.default_rng(53)
+    x = torch.from_numpy(rng.standard_normal((2, 3, 7, 6)))
+    for module in (glt.Conv2D(4, 3, strides=2, data_format="channels_first", seed=1),
+                   glt.Conv2DTranspose(2, 3, padding="same", data_format="channels_first", seed=2),
+                   glt.Flatten(data_format="channels_first"), glt.Activation("softmax")):
+        expected = module(x)
+        for variant in (x.to(memory_format=torch.channels_last), x.transpose(2, 3).contiguous().transpose(2, 3)):
+            assert not variant.is_contiguous()
+            xv = variant.clone().requires_grad_(True)
+            y = module(xv)
+            torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+            y.pow(2).sum().backward()
+            xr = x.clone().requires_grad_(True)
+            module(xr).pow(2).sum().backward()
+            torch.testing.assert_close(xv.grad, xr.grad, rtol=1e-10, atol=1e-10)
+    dense = glt.Dense(3, seed=4)
+    seq = torch.from_numpy(rng.standard_normal((5, 4, 6))).transpose(0, 1)  # (4, 5, 6), not contiguous
+    torch.testing.assert_close(dense(seq), dense(seq.contiguous()), rtol=0, atol=0)
