@@ -804,9 +804,11 @@ torch.library.register_autograd("gpulayers::activation_backward",
 
 
 @torch.library.custom_op("gpulayers::dropout_forward", mutates_args=())
-def dropout_forward(x: Tensor, rate: float, seed: int) -> Tuple[Tensor, Tensor]:
+def dropout_forward(x: Tensor, rate: float, seed: Tensor) -> Tuple[Tensor, Tensor]:
     """Inverted dropout in training: (x * keep / (1 - rate), keep as a uint8 tensor of x's shape).
-    The mask is a function of ``seed`` (and the device): keep = uniform[0, 1) >= rate."""
+    The mask is a function of ``seed`` (a one-element int64 CPU tensor, read without a device
+    synchronisation) and of the device: keep = uniform[0, 1) >= rate."""
+    seed = int(seed.item())
     with _device_of(x):
         xa = _array(x)
         xp = kernels.array_module(xa)
@@ -1342,20 +1344,25 @@ class Flatten(_Module):
 
 class Dropout(_Module):
     __doc__ = ("PyTorch module of gpulayers.Dropout (same arguments): inverted dropout while ``module.training``, "
-               "the identity (the input itself) in eval mode. Each training call draws a new mask from the "
-               "module's generator (seeded by ``seed``); the op gpulayers::dropout_forward returns the mask, "
+               "the identity (the input itself) in eval mode. Each training call draws a new mask; its seed comes "
+               "from PyTorch's global CPU generator (``torch.manual_seed``; this works under "
+               "``torch.compile(fullgraph=True)``) or, with ``seed=``, from the module's own NumPy generator "
+               "(reproducible per module; eager mode only). The op gpulayers::dropout_forward returns the mask, "
                "which the backward uses.\n\n    " + (_gl.Dropout.__doc__ or ""))
     _layer_class = _gl.Dropout
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._seeds = np.random.default_rng(self._gl.seed)
+        self._seeds = None if self._gl.seed is None else np.random.default_rng(self._gl.seed)
 
     def forward(self, x):
         x = self._check(x)
         if not self.training or self._gl.rate == 0:
             return x
-        seed = int(self._seeds.integers(0, 2**63 - 1))
+        if self._seeds is None:
+            seed = torch.randint(0, 2**62, (1,))
+        else:
+            seed = torch.tensor([int(self._seeds.integers(0, 2**62))])
         y, _ = torch.ops.gpulayers.dropout_forward(x, self._gl.rate, seed)
         return y
 

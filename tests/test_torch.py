@@ -664,7 +664,7 @@ def _new_op_samples():
     convt = [True, [2, 2], "valid", [1, 1], [1, 0], "channels_last"]
     yc, zc = torch.ops.gpulayers.conv2d_forward(img, ck, None, *conv, "gelu")
     yt, _ = torch.ops.gpulayers.conv2d_forward(img, tk, r(4), *convt, "linear")
-    _, keep = torch.ops.gpulayers.dropout_forward(x, 0.3, 7)
+    _, keep = torch.ops.gpulayers.dropout_forward(x, 0.3, torch.tensor([7]))
     return [
         (torch.ops.gpulayers.dense_forward.default, (g(x), g(kern), g(bias), "tanh")),
         (torch.ops.gpulayers.dense_forward.default, (g(r(5, 4)), g(kern), None, "linear")),
@@ -677,7 +677,7 @@ def _new_op_samples():
         (torch.ops.gpulayers.conv2d_backward.default, (r(*yt.shape), img, tk, _empty64(), True, *convt, "linear")),
         (torch.ops.gpulayers.activation_forward.default, (g(x), "softmax")),
         (torch.ops.gpulayers.activation_backward.default, (r(2, 3, 4), x, "silu")),
-        (torch.ops.gpulayers.dropout_forward.default, (g(x), 0.3, 7)),
+        (torch.ops.gpulayers.dropout_forward.default, (g(x), 0.3, torch.tensor([7]))),
         (torch.ops.gpulayers.dropout_backward.default, (r(2, 3, 4), keep, 0.3)),
     ]
 
@@ -857,7 +857,7 @@ def test_dropout_train_and_eval():
 
 def test_dropout_op_gradcheck_with_a_fixed_seed():
     x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: torch.ops.gpulayers.dropout_forward(t, 0.4, 11)[0], (x,))
+    assert torch.autograd.gradcheck(lambda t: torch.ops.gpulayers.dropout_forward(t, 0.4, torch.tensor([11]))[0], (x,))
 
 
 def test_adam_trains_a_small_conv_dense_model():
@@ -924,3 +924,29 @@ def test_new_modules_channels_last_memory_format_and_non_contiguous_inputs():
     dense = glt.Dense(3, seed=4)
     seq = torch.from_numpy(rng.standard_normal((5, 4, 6))).transpose(0, 1)  # (4, 5, 6), not contiguous
     torch.testing.assert_close(dense(seq), dense(seq.contiguous()), rtol=0, atol=0)
+
+
+def test_torch_compile_fullgraph_of_the_new_modules_matches_eager():
+    """Conv2D, Conv2DTranspose, Activation, Flatten, Dropout (unseeded: its mask seed comes from
+    torch's global generator, which compiles) and Dense under torch.compile(fullgraph=True), in
+    training; inductor's fallback_random draws the same numbers as eager, so the masks agree."""
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(
+        glt.Conv2D(3, 3, activation="relu", data_format="channels_first", seed=0),
+        glt.Conv2DTranspose(2, 2, strides=2, data_format="channels_first", seed=1), glt.Activation("tanh"),
+        glt.Flatten(data_format="channels_first"), glt.Dropout(0.3), glt.Dense(2, activation="softmax", seed=2))
+    x = torch.randn(3, 2, 6, 6)
+    model(x)
+    model.train()
+    runs = []
+    with torch._inductor.config.patch(fallback_random=True):
+        for fn in (model, torch.compile(model, fullgraph=True)):
+            model.zero_grad()
+            torch.manual_seed(9)
+            xr = x.clone().requires_grad_(True)
+            y = fn(xr)
+            y.pow(2).sum().backward()
+            runs.append([y.detach(), xr.grad] + [p.grad.clone() for p in model.parameters()])
+    assert len(runs[0]) == 8  # output, input gradient, 6 parameter gradients
+    for eager, compiled in zip(*runs):
+        torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
