@@ -471,7 +471,7 @@ gpu = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.gpu_availabl
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", CASES + NEW_CASES, ids=IDS + NEW_IDS)
 def test_cuda_tensors_match_cpu(case):
     _, factory, shape, training = case
     rng = np.random.default_rng(21)
@@ -508,6 +508,9 @@ def test_opcheck_every_op_on_cuda():
             _, argmax = torch.ops.gpulayers.pool_forward(x, *args[3:])
             args = (x, argmax, dy, *args[3:])
         torch.library.opcheck(op, tuple(cuda(a) for a in args))
+    for op, args in _new_op_samples():  # dropout's seed stays a CPU tensor
+        torch.library.opcheck(op, tuple(a if isinstance(a, torch.Tensor) and a.dtype == torch.int64 else cuda(a)
+                                        for a in args))
 
 
 @pytest.mark.gpu
@@ -950,3 +953,13 @@ def test_torch_compile_fullgraph_of_the_new_modules_matches_eager():
     assert len(runs[0]) == 8  # output, input gradient, 6 parameter gradients
     for eager, compiled in zip(*runs):
         torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
+
+
+def test_unseeded_dropout_follows_torch_manual_seed():
+    x = torch.randn(8, 9, dtype=torch.float64)
+    module = glt.Dropout(0.5).train()
+    torch.manual_seed(12)
+    first = module(x)
+    torch.manual_seed(12)
+    torch.testing.assert_close(module(x), first, rtol=0, atol=0)
+    assert not torch.equal(module(x) != 0, first != 0)  # the next call draws another mask
