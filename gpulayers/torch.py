@@ -594,7 +594,7 @@ torch.library.register_autograd("gpulayers::rnn_backward", _refuse_double_backwa
                                 setup_context=_no_setup)
 
 
-# ----------------------------------------------------------------------------- dense, convolution, activation, dropout ops
+# ----------------------------------------------------------------------------- dense, conv, activation, dropout ops
 
 def _act_grad(activation, g, z):
     """d(loss)/dz from g = d(loss)/d act(z), act(z) recomputed from the saved pre-activation z."""
@@ -1272,7 +1272,8 @@ class Dense(_Weighted):
         self._validate_rank(x)
         if x.shape[-1] != self.kernel.shape[0]:
             raise ValueError(f"{self._layer_name()}: `inputs` must have {self.kernel.shape[0]} features on the last "
-                             f"axis (the kernel is {tuple(self.kernel.shape)}). Received: inputs.shape={tuple(x.shape)}")
+                             f"axis (the kernel is {tuple(self.kernel.shape)}). "
+                             f"Received: inputs.shape={tuple(x.shape)}")
         y, _ = torch.ops.gpulayers.dense_forward(x, self.kernel, getattr(self, "bias", None), self._gl.activation)
         return y
 
@@ -1292,7 +1293,8 @@ class _Convolution(_Weighted):
         out = gl._out_spatial(_conv._spatial(tuple(x.shape), gl.data_format))
         if min(out) <= 0 or x.shape[0] == 0:
             raise ValueError(f"{layer}: the output would be empty ({out[0]} x {out[1]}) for a kernel "
-                             f"{gl.kernel_size} with dilation {gl.dilation_rate}. Received: inputs.shape={tuple(x.shape)}")
+                             f"{gl.kernel_size} with dilation {gl.dilation_rate}. "
+                             f"Received: inputs.shape={tuple(x.shape)}")
         if _on_kernels(x):  # the im2col/col2im kernels take 32-bit sizes
             validation.int32_sizes(layer, **{"inputs.shape": tuple(x.shape)})
         output_padding = [-1 if p is None else p for p in gl.output_padding]

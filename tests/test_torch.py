@@ -654,7 +654,7 @@ def test_zero_size_batch_as_the_layer(case):
         np.testing.assert_array_equal(a, e)
 
 
-# ----------------------------------------------------------------------------- Dense, convolutions, Activation, Flatten, Dropout
+# ----------------------------------------------------------------------------- Dense, Conv2D, Dropout, ...
 
 def _new_op_samples():
     rng = np.random.default_rng(23)
