@@ -22,7 +22,7 @@ Every class has the name and constructor arguments of its gpulayers (Keras 3) la
   optimizer or wrapping the model in DDP. ``get_weights()`` / ``set_weights()`` take Keras's
   order and shapes; the recurrent modules also load and save PyTorch ``nn.RNN/LSTM/GRU``
   state dicts (``load_torch_state_dict`` / ``torch_state_dict``).
-- ``module.training`` selects training or inference (BatchNormalization).
+- ``module.training`` selects training or inference (BatchNormalization, Dropout).
 - dtypes float16, float32, float64; bfloat16 raises NotImplementedError.
 """
 import contextlib
