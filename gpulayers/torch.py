@@ -22,7 +22,7 @@ Every class has the name and constructor arguments of its gpulayers (Keras 3) la
   optimizer or wrapping the model in DDP. ``get_weights()`` / ``set_weights()`` take Keras's
   order and shapes; the recurrent modules also load and save PyTorch ``nn.RNN/LSTM/GRU``
   state dicts (``load_torch_state_dict`` / ``torch_state_dict``).
-- ``module.training`` selects training or inference (BatchNormalization).
+- ``module.training`` selects training or inference (BatchNormalization, Dropout).
 - dtypes float16, float32, float64; bfloat16 raises NotImplementedError.
 """
 import contextlib
@@ -38,6 +38,8 @@ from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 import gpulayers as _gl
 from gpulayers import distributed, kernels, validation
+from gpulayers.layers import convolution as _conv
+from gpulayers.layers import core as _core
 from gpulayers.layers import normalization as _bn
 from gpulayers.layers import pooling as _pool
 from gpulayers.layers import recurrent as _rnn
@@ -592,6 +594,269 @@ torch.library.register_autograd("gpulayers::rnn_backward", _refuse_double_backwa
                                 setup_context=_no_setup)
 
 
+# ----------------------------------------------------------------------------- dense, conv, activation, dropout ops
+
+def _act_grad(activation, g, z):
+    """d(loss)/dz from g = d(loss)/d act(z), act(z) recomputed from the saved pre-activation z."""
+    if activation == "linear":
+        return g
+    return _core.activation_backward(activation, g, z, _core.activation_forward(activation, z))
+
+
+@torch.library.custom_op("gpulayers::dense_forward", mutates_args=())
+def dense_forward(x: Tensor, kernel: Tensor, bias: Optional[Tensor], activation: str) -> Tuple[Tensor, Tensor]:
+    """y = activation(x @ kernel + bias) over the last axis: (y in x's dtype, the pre-activation
+    z of shape (batch * ..., units) in the kernel's dtype, or an empty tensor for "linear")."""
+    units = kernel.shape[1]
+    with _device_of(x):
+        xa, ka = _array(x), _array(kernel)
+        z = xa.reshape(-1, xa.shape[-1]).astype(ka.dtype, copy=False) @ ka
+        if bias is not None:
+            z += _array(bias)
+        y = _core.activation_forward(activation, z).astype(xa.dtype, copy=False).reshape(*xa.shape[:-1], units)
+        inputs = [xa, ka]
+        return _tensor(y, inputs), (_tensor(z, inputs) if activation != "linear" else _empty(kernel))
+
+
+@dense_forward.register_fake
+def _(x, kernel, bias, activation):
+    units = kernel.shape[1]
+    z_shape = (math.prod(x.shape[:-1]), units) if activation != "linear" else (0,)
+    return x.new_empty((*x.shape[:-1], units)), kernel.new_empty(z_shape)
+
+
+@torch.library.custom_op("gpulayers::dense_backward", mutates_args=())
+def dense_backward(dy: Tensor, x: Tensor, kernel: Tensor, z: Tensor, has_bias: bool,
+                   activation: str) -> Tuple[Tensor, Tensor, Tensor]:
+    """(dx, d kernel, d bias (or an empty tensor)) of :func:`dense_forward`."""
+    with _device_of(x):
+        xa, ka, dya = _array(x), _array(kernel), _array(dy)
+        xp = kernels.array_module(xa)
+        g = dya.reshape(-1, ka.shape[1]).astype(ka.dtype, copy=False)
+        g = _act_grad(activation, g, _array(z))
+        x2 = xa.reshape(-1, xa.shape[-1]).astype(ka.dtype, copy=False)
+        dkernel = x2.T @ g
+        dbias = g.sum(axis=0) if has_bias else xp.zeros((0,), ka.dtype)
+        dx = (g @ ka.T).astype(dya.dtype, copy=False).reshape(xa.shape)
+        inputs = [xa, ka, dya]
+        return _tensor(dx, inputs), _tensor(dkernel, inputs), _tensor(dbias, inputs)
+
+
+@dense_backward.register_fake
+def _(dy, x, kernel, z, has_bias, activation):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(kernel),
+            kernel.new_empty((kernel.shape[1],) if has_bias else (0,)))
+
+
+def _dense_setup(ctx, inputs, output):
+    x, kernel, bias, activation = inputs
+    ctx.save_for_backward(x, kernel, output[1])
+    ctx.has_bias, ctx.activation = bias is not None, activation
+
+
+def _dense_grad(ctx, dy, _dz):
+    x, kernel, z = ctx.saved_tensors
+    dx, dk, db = dense_backward(dy, x, kernel, z, ctx.has_bias, ctx.activation)
+    return dx, dk, (db if ctx.has_bias else None), None
+
+
+torch.library.register_autograd("gpulayers::dense_forward", _dense_grad, setup_context=_dense_setup)
+torch.library.register_autograd("gpulayers::dense_backward", _refuse_double_backward("gpulayers::dense_backward"),
+                                setup_context=_no_setup)
+
+
+def _conv_args(transpose, strides, padding, dilation, output_padding, data_format):
+    """The positional arguments after (x, kernel, bias) of the convolution functions."""
+    if transpose:
+        pads = tuple(None if p < 0 else p for p in output_padding)
+        return tuple(strides), padding, tuple(dilation), pads, data_format
+    return tuple(strides), padding, tuple(dilation), data_format
+
+
+def _conv_out_shape(shape, kernel_shape, transpose, strides, padding, dilation, output_padding, data_format):
+    hw = _conv._spatial(shape, data_format)
+    k = kernel_shape[:2]
+    if transpose:
+        out = [_conv.conv_transpose_geometry(hw[a], k[a], strides[a], dilation[a], padding,
+                                             None if output_padding[a] < 0 else output_padding[a])[0]
+               for a in range(2)]
+        filters = kernel_shape[2]
+    else:
+        out = [_conv.conv_geometry(hw[a], k[a], strides[a], dilation[a], padding)[0] for a in range(2)]
+        filters = kernel_shape[3]
+    return (shape[0], *out, filters) if data_format == "channels_last" else (shape[0], filters, *out)
+
+
+@torch.library.custom_op("gpulayers::conv2d_forward", mutates_args=())
+def conv2d_forward(x: Tensor, kernel: Tensor, bias: Optional[Tensor], transpose: bool, strides: List[int],
+                   padding: str, dilation: List[int], output_padding: List[int], data_format: str,
+                   activation: str) -> Tuple[Tensor, Tensor]:
+    """Conv2D (``transpose`` False) or Conv2DTranspose: (y in x's dtype, the pre-activation in the
+    kernel's dtype, or an empty tensor for "linear"). ``output_padding``: -1 stands for None."""
+    args = _conv_args(transpose, strides, padding, dilation, output_padding, data_format)
+    with _device_of(x):
+        xa, ka = _array(x), _array(kernel)
+        _, on_kernels = kernels.kernel_path(xa)
+        if transpose:
+            fn = _conv.conv2d_transpose_forward_kernel if on_kernels else _conv.conv2d_transpose_forward
+        else:
+            fn = _conv.conv2d_forward_kernel if on_kernels else _conv.conv2d_forward
+        z = fn(xa, ka, _array(bias), *args).astype(ka.dtype, copy=False)
+        y = _core.activation_forward(activation, z).astype(xa.dtype, copy=False)
+        inputs = [xa, ka]
+        return _tensor(y, inputs), (_tensor(z, inputs) if activation != "linear" else _empty(kernel))
+
+
+@conv2d_forward.register_fake
+def _(x, kernel, bias, transpose, strides, padding, dilation, output_padding, data_format, activation):
+    shape = _conv_out_shape(tuple(x.shape), tuple(kernel.shape), transpose, strides, padding, dilation,
+                            output_padding, data_format)
+    return x.new_empty(shape), kernel.new_empty(shape if activation != "linear" else (0,))
+
+
+@torch.library.custom_op("gpulayers::conv2d_backward", mutates_args=())
+def conv2d_backward(dy: Tensor, x: Tensor, kernel: Tensor, z: Tensor, has_bias: bool, transpose: bool,
+                    strides: List[int], padding: str, dilation: List[int], output_padding: List[int],
+                    data_format: str, activation: str) -> Tuple[Tensor, Tensor, Tensor]:
+    """(dx, d kernel, d bias (or an empty tensor)) of :func:`conv2d_forward`."""
+    args = _conv_args(transpose, strides, padding, dilation, output_padding, data_format)
+    with _device_of(x):
+        xa, ka, dya = _array(x), _array(kernel), _array(dy)
+        xp, on_kernels = kernels.kernel_path(xa)
+        g = _act_grad(activation, dya.astype(ka.dtype, copy=False), _array(z))
+        if transpose:
+            fn = _conv.conv2d_transpose_backward_kernel if on_kernels else _conv.conv2d_transpose_backward
+        else:
+            fn = _conv.conv2d_backward_kernel if on_kernels else _conv.conv2d_backward
+        dx, dkernel, dbias = fn(xa, xp.ascontiguousarray(g), ka, *args)
+        dbias = dbias.astype(ka.dtype, copy=False) if has_bias else xp.zeros((0,), ka.dtype)
+        inputs = [xa, ka, dya]
+        return (_tensor(dx.astype(dya.dtype, copy=False), inputs),
+                _tensor(dkernel.astype(ka.dtype, copy=False), inputs), _tensor(dbias, inputs))
+
+
+@conv2d_backward.register_fake
+def _(dy, x, kernel, z, has_bias, transpose, strides, padding, dilation, output_padding, data_format, activation):
+    filters = kernel.shape[2] if transpose else kernel.shape[3]
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(kernel),
+            kernel.new_empty((filters,) if has_bias else (0,)))
+
+
+def _conv_setup(ctx, inputs, output):
+    x, kernel, bias, *config = inputs
+    ctx.save_for_backward(x, kernel, output[1])
+    ctx.has_bias, ctx.config = bias is not None, config
+
+
+def _conv_grad(ctx, dy, _dz):
+    x, kernel, z = ctx.saved_tensors
+    dx, dk, db = conv2d_backward(dy, x, kernel, z, ctx.has_bias, *ctx.config)
+    return (dx, dk, db if ctx.has_bias else None) + (None,) * 7
+
+
+torch.library.register_autograd("gpulayers::conv2d_forward", _conv_grad, setup_context=_conv_setup)
+torch.library.register_autograd("gpulayers::conv2d_backward", _refuse_double_backward("gpulayers::conv2d_backward"),
+                                setup_context=_no_setup)
+
+
+@torch.library.custom_op("gpulayers::activation_forward", mutates_args=())
+def activation_forward(x: Tensor, activation: str) -> Tensor:
+    """activation(x), computed in float32 for float16 inputs; softmax over the last axis."""
+    with _device_of(x):
+        xa = _array(x)
+        y = _core.activation_forward(activation, xa.astype(_core.acc_dtype(xa.dtype)))
+        return _tensor(y.astype(xa.dtype, copy=False), [xa])
+
+
+@activation_forward.register_fake
+def _(x, activation):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("gpulayers::activation_backward", mutates_args=())
+def activation_backward(dy: Tensor, x: Tensor, activation: str) -> Tensor:
+    """d(loss)/dx of :func:`activation_forward` (the activation recomputed from x)."""
+    with _device_of(x):
+        xa, dya = _array(x), _array(dy)
+        acc = _core.acc_dtype(xa.dtype)
+        dx = _act_grad(activation, dya.astype(acc), xa.astype(acc))
+        return _tensor(dx.astype(dya.dtype, copy=False), [xa, dya])
+
+
+@activation_backward.register_fake
+def _(dy, x, activation):
+    return torch.empty_like(dy, memory_format=torch.contiguous_format)
+
+
+def _activation_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.activation = inputs[1]
+
+
+def _activation_grad(ctx, dy):
+    (x,) = ctx.saved_tensors
+    return activation_backward(dy, x, ctx.activation), None
+
+
+torch.library.register_autograd("gpulayers::activation_forward", _activation_grad, setup_context=_activation_setup)
+torch.library.register_autograd("gpulayers::activation_backward",
+                                _refuse_double_backward("gpulayers::activation_backward"), setup_context=_no_setup)
+
+
+@torch.library.custom_op("gpulayers::dropout_forward", mutates_args=())
+def dropout_forward(x: Tensor, rate: float, seed: Tensor) -> Tuple[Tensor, Tensor]:
+    """Inverted dropout in training: (x * keep / (1 - rate), keep as a uint8 tensor of x's shape).
+    The mask is a function of ``seed`` (a one-element int64 CPU tensor, read without a device
+    synchronisation) and of the device: keep = uniform[0, 1) >= rate."""
+    seed = int(seed.item())
+    with _device_of(x):
+        xa = _array(x)
+        xp = kernels.array_module(xa)
+        if xp is np:
+            u = np.random.default_rng(seed).random(xa.shape, dtype=np.float32)
+        else:
+            u = xp.random.RandomState(seed).random_sample(xa.shape, dtype=np.float32)
+        keep = u >= rate
+        scale = _core.acc_dtype(xa.dtype).type(1 / (1 - rate))
+        y = (xa * keep * scale).astype(xa.dtype, copy=False)
+        return _tensor(y, [xa]), _tensor(keep.astype(np.uint8), [xa])
+
+
+@dropout_forward.register_fake
+def _(x, rate, seed):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), \
+        torch.empty_like(x, dtype=torch.uint8, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("gpulayers::dropout_backward", mutates_args=())
+def dropout_backward(dy: Tensor, keep: Tensor, rate: float) -> Tensor:
+    """d(loss)/dx of :func:`dropout_forward`: dy * keep / (1 - rate), with the forward's mask."""
+    with _device_of(dy):
+        dya, ka = _array(dy), _array(keep)
+        scale = _core.acc_dtype(dya.dtype).type(1 / (1 - rate))
+        return _tensor((dya * ka.astype(bool) * scale).astype(dya.dtype, copy=False), [dya, ka])
+
+
+@dropout_backward.register_fake
+def _(dy, keep, rate):
+    return torch.empty_like(dy, memory_format=torch.contiguous_format)
+
+
+def _dropout_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.rate = inputs[1]
+
+
+def _dropout_grad(ctx, dy, _dkeep):
+    (keep,) = ctx.saved_tensors
+    return dropout_backward(dy, keep, ctx.rate), None, None
+
+
+torch.library.register_autograd("gpulayers::dropout_forward", _dropout_grad, setup_context=_dropout_setup)
+torch.library.register_autograd("gpulayers::dropout_backward", _refuse_double_backward("gpulayers::dropout_backward"),
+                                setup_context=_no_setup)
+
+
 # ----------------------------------------------------------------------------- modules
 
 def _config_copy(layer):
@@ -977,6 +1242,133 @@ class Bidirectional(nn.Module):
         return out if len(out) > 1 else out[0]
 
 
+class _Weighted(_Lazy):
+    """Dense, Conv2D, Conv2DTranspose: ``kernel`` and (use_bias) ``bias`` parameters, built from
+    the first input's shape with the layer's initializers and seed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in self._gl.weight_names:
+            setattr(self, name, UninitializedParameter())
+
+    def initialize_parameters(self, x, *args, **kwargs):
+        x = self._check(x)
+        self._validate_rank(x)
+        self._materialize(x, x.shape)
+
+
+class Dense(_Weighted):
+    __doc__ = ("PyTorch module of gpulayers.Dense (same arguments): y = activation(x @ kernel + bias), "
+               "one op forward (gpulayers::dense_forward) and one backward.\n\n    " + (_gl.Dense.__doc__ or ""))
+    _layer_class = _gl.Dense
+
+    def _validate_rank(self, x):
+        if x.dim() < 2:
+            raise ValueError(f"{self._layer_name()}: `inputs` must have rank >= 2 (batch, ..., features). "
+                             f"Received: inputs.shape={tuple(x.shape)}")
+
+    def forward(self, x):
+        x = self._check(x)
+        self._validate_rank(x)
+        if x.shape[-1] != self.kernel.shape[0]:
+            raise ValueError(f"{self._layer_name()}: `inputs` must have {self.kernel.shape[0]} features on the last "
+                             f"axis (the kernel is {tuple(self.kernel.shape)}). "
+                             f"Received: inputs.shape={tuple(x.shape)}")
+        y, _ = torch.ops.gpulayers.dense_forward(x, self.kernel, getattr(self, "bias", None), self._gl.activation)
+        return y
+
+
+class _Convolution(_Weighted):
+    def _validate_rank(self, x):
+        validation.rank(self._layer_name(), "inputs", x, 4, f"({self._gl._layout_text()})")
+
+    def forward(self, x):
+        x = self._check(x)
+        gl, layer = self._gl, self._layer_name()
+        self._validate_rank(x)
+        c = self.kernel.shape[3] if gl.transpose else self.kernel.shape[2]
+        if gl._channels(x.shape) != c:
+            raise ValueError(f"{layer}: `inputs` must have {c} channels (the kernel is {tuple(self.kernel.shape)}). "
+                             f"Received: inputs.shape={tuple(x.shape)}")
+        out = gl._out_spatial(_conv._spatial(tuple(x.shape), gl.data_format))
+        if min(out) <= 0 or x.shape[0] == 0:
+            raise ValueError(f"{layer}: the output would be empty ({out[0]} x {out[1]}) for a kernel "
+                             f"{gl.kernel_size} with dilation {gl.dilation_rate}. "
+                             f"Received: inputs.shape={tuple(x.shape)}")
+        if _on_kernels(x):  # the im2col/col2im kernels take 32-bit sizes
+            validation.int32_sizes(layer, **{"inputs.shape": tuple(x.shape)})
+        output_padding = [-1 if p is None else p for p in gl.output_padding]
+        y, _ = torch.ops.gpulayers.conv2d_forward(
+            x, self.kernel, getattr(self, "bias", None), gl.transpose, list(gl.strides), gl.padding,
+            list(gl.dilation_rate), output_padding, gl.data_format, gl.activation)
+        return y
+
+
+Conv2D = type("Conv2D", (_Convolution,), {
+    "_layer_class": _gl.Conv2D, "__module__": __name__,
+    "__doc__": "PyTorch module of gpulayers.Conv2D (same arguments; kernel (kh, kw, in, filters) as Keras), "
+               "ops gpulayers::conv2d_forward/backward.\n\n    " + (_gl.Conv2D.__doc__ or "")})
+Conv2DTranspose = type("Conv2DTranspose", (_Convolution,), {
+    "_layer_class": _gl.Conv2DTranspose, "__module__": __name__,
+    "__doc__": "PyTorch module of gpulayers.Conv2DTranspose (same arguments; kernel (kh, kw, filters, in) as "
+               "Keras), ops gpulayers::conv2d_forward/backward.\n\n    " + (_gl.Conv2DTranspose.__doc__ or "")})
+
+
+class Activation(_Module):
+    __doc__ = ("PyTorch module of gpulayers.Activation (same arguments), ops gpulayers::activation_forward/"
+               "backward (the backward recomputes the activation from the input).\n\n    "
+               + (_gl.Activation.__doc__ or ""))
+    _layer_class = _gl.Activation
+
+    def forward(self, x):
+        x = self._check(x)
+        if self._gl.activation == "softmax" and x.dim() == 0:
+            raise ValueError(f"{self._layer_name()}: softmax needs at least 1-D inputs. "
+                             f"Received: inputs.shape={tuple(x.shape)}")
+        return torch.ops.gpulayers.activation_forward(x, self._gl.activation)
+
+
+class Flatten(_Module):
+    __doc__ = ("PyTorch module of gpulayers.Flatten (same arguments). No kernel is involved: a reshape (a view "
+               "where the layout allows), with channels_first moving the channel axis last first, as the "
+               "layer.\n\n    " + (_gl.Flatten.__doc__ or ""))
+    _layer_class = _gl.Flatten
+
+    def forward(self, x):
+        x = self._check(x)
+        if x.dim() < 1:
+            raise ValueError(f"{self._layer_name()}: `inputs` must have a batch axis. "
+                             f"Received: inputs.shape={tuple(x.shape)}")
+        if self._gl.data_format == "channels_first" and x.dim() > 2:
+            x = x.movedim(1, -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # also for an empty batch
+
+
+class Dropout(_Module):
+    __doc__ = ("PyTorch module of gpulayers.Dropout (same arguments): inverted dropout while ``module.training``, "
+               "the identity (the input itself) in eval mode. Each training call draws a new mask; its seed comes "
+               "from PyTorch's global CPU generator (``torch.manual_seed``; this works under "
+               "``torch.compile(fullgraph=True)``) or, with ``seed=``, from the module's own NumPy generator "
+               "(reproducible per module; eager mode only). The op gpulayers::dropout_forward returns the mask, "
+               "which the backward uses.\n\n    " + (_gl.Dropout.__doc__ or ""))
+    _layer_class = _gl.Dropout
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._seeds = None if self._gl.seed is None else np.random.default_rng(self._gl.seed)
+
+    def forward(self, x):
+        x = self._check(x)
+        if not self.training or self._gl.rate == 0:
+            return x
+        if self._seeds is None:
+            seed = torch.randint(0, 2**62, (1,))
+        else:
+            seed = torch.tensor([int(self._seeds.integers(0, 2**62))])
+        y, _ = torch.ops.gpulayers.dropout_forward(x, self._gl.rate, seed)
+        return y
+
+
 def from_layer(layer):
     """The gpulayers.torch module of a gpulayers layer: same configuration, and its weights when the
     layer is built (copied to CPU tensors; move the module with ``.to(device)``)."""
@@ -1010,4 +1402,5 @@ __all__ = [
     "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
     "UpSampling1D", "UpSampling2D", "UpSampling3D",
     "SimpleRNN", "LSTM", "GRU", "Bidirectional",
+    "Dense", "Conv2D", "Conv2DTranspose", "Activation", "Flatten", "Dropout",
 ]

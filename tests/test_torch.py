@@ -54,6 +54,28 @@ CASES = [
 ]
 IDS = [c[0] for c in CASES]
 
+# the models-issue layers: Dense, convolutions, Activation, Flatten, Dropout (inference)
+NEW_CASES = [
+    ("dense-relu-3d", lambda m: m.Dense(5, activation="relu", seed=1), (2, 3, 7), False),
+    ("dense-nobias-softmax", lambda m: m.Dense(4, activation="softmax", use_bias=False, seed=2), (6, 5), False),
+    ("conv2d-same-stride2-relu", lambda m: m.Conv2D(4, 3, strides=2, padding="same", activation="relu",
+                                                    bias_initializer="ones", seed=3), (2, 7, 6, 3), False),
+    ("conv2d-cf-dilated-nobias-sigmoid", lambda m: m.Conv2D(3, (2, 3), dilation_rate=2, use_bias=False,
+                                                           activation="sigmoid", data_format="channels_first",
+                                                           seed=4), (2, 2, 7, 8), False),
+    ("conv2dT-valid-stride2-outpad", lambda m: m.Conv2DTranspose(3, 3, strides=2, output_padding=1, seed=5,
+                                                                bias_initializer="ones"), (2, 4, 5, 2), False),
+    ("conv2dT-cf-same-silu", lambda m: m.Conv2DTranspose(2, (3, 2), strides=(1, 2), padding="same",
+                                                        activation="silu", data_format="channels_first", seed=6),
+     (2, 3, 4, 5), False),
+] + [(f"activation-{a}", (lambda a: lambda m: m.Activation(a))(a), (3, 4, 5), False)
+     for a in ("linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "silu")] + [
+    ("flatten", lambda m: m.Flatten(), (2, 3, 4, 5), False),
+    ("flatten-cf", lambda m: m.Flatten(data_format="channels_first"), (2, 3, 4, 5), False),
+    ("dropout-eval", lambda m: m.Dropout(0.4, seed=1), (3, 4), False),
+]
+NEW_IDS = [c[0] for c in NEW_CASES]
+
 
 def _listify(y):
     return list(y) if isinstance(y, (list, tuple)) else [y]
@@ -178,7 +200,7 @@ def _run_torch(module, x, dys, training):
     return [y.detach().numpy() for y in ys], xt.grad.numpy()
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", CASES + NEW_CASES, ids=IDS + NEW_IDS)
 def test_module_matches_gpulayers_layer(case):
     """Outputs, input gradient, parameter gradients and moving statistics equal the gpulayers layer's."""
     _, factory, shape, training = case
@@ -205,7 +227,7 @@ def test_module_matches_gpulayers_layer(case):
         _assert_close(a, e, np.float32, f"weight {name} after the call")
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", CASES + NEW_CASES, ids=IDS + NEW_IDS)
 def test_gradcheck_float64(case):
     _, factory, shape, training = case
     rng = np.random.default_rng(7)
@@ -449,7 +471,7 @@ gpu = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.gpu_availabl
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", CASES + NEW_CASES, ids=IDS + NEW_IDS)
 def test_cuda_tensors_match_cpu(case):
     _, factory, shape, training = case
     rng = np.random.default_rng(21)
@@ -486,6 +508,9 @@ def test_opcheck_every_op_on_cuda():
             _, argmax = torch.ops.gpulayers.pool_forward(x, *args[3:])
             args = (x, argmax, dy, *args[3:])
         torch.library.opcheck(op, tuple(cuda(a) for a in args))
+    for op, args in _new_op_samples():  # dropout's seed stays a CPU tensor
+        torch.library.opcheck(op, tuple(a if isinstance(a, torch.Tensor) and a.dtype == torch.int64 else cuda(a)
+                                        for a in args))
 
 
 @pytest.mark.gpu
@@ -542,9 +567,12 @@ def test_from_layer_carries_configuration_and_weights():
             np.testing.assert_array_equal(a, e)
     with pytest.raises(TypeError, match=r"from_layer: `layer` must be a gpulayers layer. Received: layer of type int"):
         glt.from_layer(3)
-    with pytest.raises(TypeError, match=r"from_layer: gpulayers.torch has no module for Dense .*Received: layer of "
-                                        r"type Dense"):
-        glt.from_layer(gl.Dense(3))
+    class Custom(gl.Layer):
+        pass
+
+    with pytest.raises(TypeError, match=r"from_layer: gpulayers.torch has no module for Custom .*Received: layer of "
+                                        r"type Custom"):
+        glt.from_layer(Custom())
 
 
 def test_bench_times_the_module_path_against_the_layer():
@@ -572,7 +600,7 @@ def test_readme_pytorch_example_runs():
 
 
 def test_every_module_is_covered_by_the_cases():
-    covered = {type(c[1](glt)).__name__ for c in CASES}
+    covered = {type(c[1](glt)).__name__ for c in CASES + NEW_CASES}
     assert covered == set(glt.__all__) - {"from_layer"}
 
 
@@ -624,3 +652,314 @@ def test_zero_size_batch_as_the_layer(case):
         assert p.grad is not None and not p.grad.any(), name
     for a, e in zip(module.get_weights(), layer.get_weights()):
         np.testing.assert_array_equal(a, e)
+
+
+# ----------------------------------------------------------------------------- Dense, Conv2D, Dropout, ...
+
+def _new_op_samples():
+    rng = np.random.default_rng(23)
+    r = lambda *s: torch.from_numpy(rng.standard_normal(s))  # noqa: E731
+    g = lambda t: t.clone().requires_grad_(True)  # noqa: E731
+    x, kern, bias = r(2, 3, 4), r(4, 5), r(5)
+    _, z = torch.ops.gpulayers.dense_forward(x, kern, bias, "tanh")
+    img, ck, tk = r(2, 6, 5, 3), r(3, 2, 3, 4), r(2, 3, 4, 3)
+    conv = [False, [2, 1], "same", [1, 1], [-1, -1], "channels_last"]
+    convt = [True, [2, 2], "valid", [1, 1], [1, 0], "channels_last"]
+    yc, zc = torch.ops.gpulayers.conv2d_forward(img, ck, None, *conv, "gelu")
+    yt, _ = torch.ops.gpulayers.conv2d_forward(img, tk, r(4), *convt, "linear")
+    _, keep = torch.ops.gpulayers.dropout_forward(x, 0.3, torch.tensor([7]))
+    return [
+        (torch.ops.gpulayers.dense_forward.default, (g(x), g(kern), g(bias), "tanh")),
+        (torch.ops.gpulayers.dense_forward.default, (g(r(5, 4)), g(kern), None, "linear")),
+        (torch.ops.gpulayers.dense_backward.default, (r(2, 3, 5), x, kern, z, True, "tanh")),
+        (torch.ops.gpulayers.conv2d_forward.default, (g(img), g(ck), g(r(4)), *conv, "relu")),
+        (torch.ops.gpulayers.conv2d_forward.default, (g(r(2, 3, 6, 5)), g(tk), None, True, [1, 2], "same", [1, 1],
+                                                      [-1, -1], "channels_first", "linear")),
+        (torch.ops.gpulayers.conv2d_forward.default, (g(img), g(tk), g(r(4)), *convt, "sigmoid")),
+        (torch.ops.gpulayers.conv2d_backward.default, (r(*yc.shape), img, ck, zc, False, *conv, "gelu")),
+        (torch.ops.gpulayers.conv2d_backward.default, (r(*yt.shape), img, tk, _empty64(), True, *convt, "linear")),
+        (torch.ops.gpulayers.activation_forward.default, (g(x), "softmax")),
+        (torch.ops.gpulayers.activation_backward.default, (r(2, 3, 4), x, "silu")),
+        (torch.ops.gpulayers.dropout_forward.default, (g(x), 0.3, torch.tensor([7]))),
+        (torch.ops.gpulayers.dropout_backward.default, (r(2, 3, 4), keep, 0.3)),
+    ]
+
+
+def _empty64():
+    return torch.empty((0,), dtype=torch.float64)
+
+
+def test_opcheck_new_ops():
+    samples = _new_op_samples()
+    assert {op.name() for op, _ in samples} == {f"gpulayers::{n}_{d}" for n in ("dense", "conv2d", "activation",
+                                                                             "dropout")
+                                                for d in ("forward", "backward")}
+    for op, args in samples:
+        torch.library.opcheck(op, args)
+
+
+def test_opcheck_convolutions_on_the_simulator():
+    rng = np.random.default_rng(29)
+    x = torch.from_numpy(rng.standard_normal((2, 5, 4, 3)).astype(np.float32))
+    with gl.simulate():
+        for transpose, kernel in ((False, (2, 2, 3, 4)), (True, (3, 2, 4, 3))):
+            k = torch.from_numpy(rng.standard_normal(kernel).astype(np.float32))
+            torch.library.opcheck(torch.ops.gpulayers.conv2d_forward.default,
+                                  (x.clone().requires_grad_(True), k.requires_grad_(True), None, transpose, [2, 1],
+                                   "same", [1, 1], [-1, -1], "channels_last", "relu"))
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("name", ["Conv2D", "Conv2DTranspose"])
+def test_convolutions_on_the_simulator_match_the_reference(name, data_format, monkeypatch):
+    """Inside gpulayers.simulate() the im2col/col2im kernels run; outputs and all gradients equal
+    the NumPy reference's (sizes across the kernels' 256-thread blocks)."""
+    launched = []
+    launch = kernels.launch
+
+    def counting_launch(source, name, *args, **kwargs):
+        launched.append(name.split("<")[0])
+        return launch(source, name, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "launch", counting_launch)
+    rng = np.random.default_rng(31)
+    shape = (2, 9, 10, 3) if data_format == "channels_last" else (2, 3, 9, 10)
+    x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    module = getattr(glt, name)(4, 3, strides=2, padding="same", activation="tanh", data_format=data_format,
+                                bias_initializer="ones", seed=8)
+    module(x)
+    runs = []
+    for simulated in (False, True):
+        module.zero_grad()
+        xt = x.clone().requires_grad_(True)
+        with gl.simulate() if simulated else _nothing():
+            y = module(xt)
+            forward_launches = set(launched)
+            dy = torch.from_numpy(np.random.default_rng(2).standard_normal(tuple(y.shape)).astype(np.float32))
+            y.backward(dy)
+        runs.append([y.detach(), xt.grad, module.kernel.grad.clone(), module.bias.grad.clone()])
+        if simulated:  # forward: im2col (Conv2D) or col2im (transpose); backward: im2col, and col2im for dx of Conv2D
+            assert forward_launches == {"col2im" if name == "Conv2DTranspose" else "im2col"}, launched
+            assert launched == (["col2im", "im2col"] if name == "Conv2DTranspose" else ["im2col", "im2col", "col2im"])
+        else:
+            assert launched == [], launched
+    for what, s, r in zip(("output", "input gradient", "kernel gradient", "bias gradient"), *runs[::-1]):
+        torch.testing.assert_close(s, r, rtol=1e-5, atol=1e-5, msg=f"{name} {data_format} {what}")
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def test_new_modules_state_dict_and_from_layer():
+    rng = np.random.default_rng(37)
+    x = rng.standard_normal((2, 6, 5, 3)).astype(np.float32)
+    for layer in (gl.Conv2D(4, 3, activation="relu", seed=2, bias_initializer="ones"),
+                  gl.Conv2DTranspose(2, 2, strides=2, use_bias=False, seed=3), gl.Dense(3, activation="gelu", seed=4),
+                  gl.Activation("sigmoid"), gl.Flatten(data_format="channels_first"), gl.Dropout(0.5, seed=1)):
+        expected = layer(x, training=False)
+        module = glt.from_layer(layer).eval()
+        torch.testing.assert_close(module(torch.from_numpy(x)).detach().numpy(), expected, rtol=1e-6, atol=1e-6)
+        names = [n for n, _ in module.named_parameters()]
+        assert names == list(layer.weight_names)
+        state = module.state_dict()
+        assert list(state) == names
+        fresh = type(module)(_layer=layer)  # unbuilt: loading the state dict creates the weights
+        fresh.load_state_dict(state)
+        fresh.eval()
+        torch.testing.assert_close(fresh(torch.from_numpy(x)), module(torch.from_numpy(x)), rtol=0, atol=0)
+
+
+def test_new_modules_errors_name_layer_and_value():
+    with pytest.raises(ValueError, match=r"Dense: `units` must be a positive int. Received: units=0"):
+        glt.Dense(0)
+    with pytest.raises(ValueError, match=r"Dropout: `rate` must be a number in \[0, 1\). Received: rate=1.5"):
+        glt.Dropout(1.5)
+    dense = glt.Dense(3)
+    with pytest.raises(ValueError, match=r"Dense: `inputs` must have rank >= 2 .*Received: inputs.shape=\(4,\)"):
+        dense(torch.ones(4))
+    dense(torch.ones(2, 4))
+    with pytest.raises(ValueError, match=r"Dense: `inputs` must have 4 features .*Received: inputs.shape=\(2, 5\)"):
+        dense(torch.ones(2, 5))
+    conv = glt.Conv2D(2, 3)
+    conv(torch.ones(1, 5, 5, 3))
+    with pytest.raises(ValueError, match=r"Conv2D: `inputs` must have 3 channels .*Received: inputs.shape="
+                                         r"\(1, 5, 5, 2\)"):
+        conv(torch.ones(1, 5, 5, 2))
+    with pytest.raises(ValueError, match=r"Conv2D: the output would be empty .*Received: inputs.shape=\(1, 2, 5, 3\)"):
+        conv(torch.ones(1, 2, 5, 3))
+    with pytest.raises(ValueError, match=r"Conv2DTranspose: `inputs` must be 4-D"):
+        glt.Conv2DTranspose(2, 3)(torch.ones(2, 5, 3))
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(dense.double()(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match=r"gradient of gpulayers::dense_backward \(double backward"):
+        g.sum().backward()
+
+
+def test_zero_size_batch_of_new_modules_as_the_layers():
+    for factory, shape in ((lambda m: m.Dense(3, activation="softmax", seed=1), (4, 5)),
+                           (lambda m: m.Activation("gelu"), (4, 5)), (lambda m: m.Dropout(0.5, seed=2), (4, 5))):
+        module = _built(factory, shape)
+        layer = factory(gl)
+        layer(np.full(shape, 0.5, np.float32))
+        layer.set_weights(module.get_weights())
+        for training in (False, True):
+            expected = layer(np.zeros((0, 5), np.float32), training=training)
+            module.train(training)
+            x = torch.zeros((0, 5), requires_grad=True)
+            y = module(x)
+            assert tuple(y.shape) == expected.shape
+            y.backward(torch.zeros_like(y))
+            assert x.grad.shape == (0, 5)
+            for name, p in module.named_parameters():
+                assert p.grad is not None and not p.grad.any(), name
+    assert glt.Flatten()(torch.zeros(0, 3, 4)).shape == (0, 12)
+    for factory in (lambda m: m.Conv2D(2, 3, seed=1), lambda m: m.Conv2DTranspose(2, 3, seed=1)):
+        module = _built(factory, (1, 5, 5, 3))
+        layer = factory(gl)
+        layer(np.zeros((1, 5, 5, 3), np.float32))
+        with pytest.raises(ValueError) as from_layer_error:
+            layer(np.zeros((0, 5, 5, 3), np.float32))
+        with pytest.raises(ValueError) as from_module_error:
+            module(torch.zeros(0, 5, 5, 3))
+        assert str(from_module_error.value) == str(from_layer_error.value)
+
+
+def test_dropout_train_and_eval():
+    rate = 0.3
+    x = torch.from_numpy(np.random.default_rng(41).standard_normal((64, 50)))  # no zeros
+    module = glt.Dropout(rate, seed=5)
+    module.eval()
+    assert module(x) is x  # identity in eval, as nn.Dropout
+    module.train()
+    xt = x.clone().requires_grad_(True)
+    y = module(xt)
+    keep = y != 0
+    assert 0.65 < keep.double().mean().item() < 0.75  # 3200 draws: 0.7 within 6 standard deviations
+    torch.testing.assert_close(y[keep], x[keep] / (1 - rate), rtol=1e-15, atol=0)
+    y2 = module(xt)  # a new mask on each call, before the first backward
+    assert not torch.equal(y2 != 0, keep)
+    dy = torch.from_numpy(np.random.default_rng(43).standard_normal(tuple(x.shape)))
+    y.backward(dy)  # the first call's mask, not the second's
+    torch.testing.assert_close(xt.grad, torch.where(keep, dy / (1 - rate), torch.zeros_like(dy)), rtol=1e-15, atol=0)
+    # the same seed gives the same masks; rate 0 is the identity in training too
+    again = glt.Dropout(rate, seed=5).train()
+    torch.testing.assert_close(again(x), y.detach(), rtol=0, atol=0)
+    assert glt.Dropout(0.0).train()(x) is x
+    # float32 and float16 keep the dtype; the kept values scaled as gpulayers.Dropout does
+    for dtype in (torch.float32, torch.float16):
+        xd = x.to(dtype)
+        yd = glt.Dropout(rate, seed=1).train()(xd)
+        assert yd.dtype == dtype
+        k = yd != 0
+        np.testing.assert_array_equal(yd[k].numpy(), (xd.numpy() * np.float32(1 / (1 - rate))).astype(
+            xd.numpy().dtype)[k.numpy()])
+
+
+def test_dropout_op_gradcheck_with_a_fixed_seed():
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: torch.ops.gpulayers.dropout_forward(t, 0.4, torch.tensor([11]))[0], (x,))
+
+
+def test_adam_trains_a_small_conv_dense_model():
+    torch.manual_seed(3)
+    x = torch.randn(16, 2, 8, 8)
+    target = (x[:, 0, :4].mean(dim=(1, 2)) > x[:, 1, 4:].mean(dim=(1, 2))).long()
+    model = torch.nn.Sequential(
+        glt.Conv2D(4, 3, strides=2, padding="same", activation="relu", data_format="channels_first", seed=0),
+        glt.Conv2DTranspose(3, 2, strides=2, activation="tanh", data_format="channels_first", seed=1),
+        glt.Flatten(data_format="channels_first"), glt.Dropout(0.1, seed=2), glt.Dense(2, seed=3))
+    model(x)  # build before giving the parameters to the optimizer
+    assert len(list(model.parameters())) == 6
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    losses = []
+    for _ in range(15):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_new_modules_float16_match_the_layers():
+    """float16 inputs (float32 weights and compute, as the layers): outputs and input gradients."""
+    rng = np.random.default_rng(47)
+    x = rng.standard_normal((2, 6, 5, 4)).astype(np.float16)
+    for factory in (lambda m: m.Dense(3, activation="silu", seed=1),
+                    lambda m: m.Conv2D(3, 3, padding="same", activation="gelu", seed=2),
+                    lambda m: m.Conv2DTranspose(2, 2, strides=2, activation="sigmoid", seed=3),
+                    lambda m: m.Activation("softmax")):
+        module = _built(factory, x.shape, torch.float16)
+        layer = factory(gl)
+        layer(np.full(x.shape, 0.5, np.float16))
+        layer.set_weights(module.get_weights())
+        y = layer(x)
+        dy = rng.standard_normal(y.shape).astype(np.float16)
+        dx = layer.backward(dy)
+        (yt,), dxt = _run_torch(module, x, [dy], False)
+        assert yt.dtype == np.float16 and dxt.dtype == np.float16
+        assert all(p.dtype == torch.float32 for p in module.parameters())
+        _assert_close(yt, y, np.float16, type(module).__name__)
+        _assert_close(dxt, dx, np.float16, type(module).__name__ + " dx", normwise=True)
+        for name, g in layer.grads.items():
+            _assert_close(getattr(module, name).grad.numpy(), g, np.float32, f"gradient of {name}")
+
+
+def test_new_modules_channels_last_memory_format_and_non_contiguous_inputs():
+    rng = np.random.default_rng(53)
+    x = torch.from_numpy(rng.standard_normal((2, 3, 7, 6)))
+    for module in (glt.Conv2D(4, 3, strides=2, data_format="channels_first", seed=1),
+                   glt.Conv2DTranspose(2, 3, padding="same", data_format="channels_first", seed=2),
+                   glt.Flatten(data_format="channels_first"), glt.Activation("softmax")):
+        expected = module(x)
+        for variant in (x.to(memory_format=torch.channels_last), x.transpose(2, 3).contiguous().transpose(2, 3)):
+            assert not variant.is_contiguous()
+            xv = variant.clone().requires_grad_(True)
+            y = module(xv)
+            torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+            y.pow(2).sum().backward()
+            xr = x.clone().requires_grad_(True)
+            module(xr).pow(2).sum().backward()
+            torch.testing.assert_close(xv.grad, xr.grad, rtol=1e-10, atol=1e-10)
+    dense = glt.Dense(3, seed=4)
+    seq = torch.from_numpy(rng.standard_normal((5, 4, 6))).transpose(0, 1)  # (4, 5, 6), not contiguous
+    torch.testing.assert_close(dense(seq), dense(seq.contiguous()), rtol=0, atol=0)
+
+
+def test_torch_compile_fullgraph_of_the_new_modules_matches_eager():
+    """Conv2D, Conv2DTranspose, Activation, Flatten, Dropout (unseeded: its mask seed comes from
+    torch's global generator, which compiles) and Dense under torch.compile(fullgraph=True), in
+    training; inductor's fallback_random draws the same numbers as eager, so the masks agree."""
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(
+        glt.Conv2D(3, 3, activation="relu", data_format="channels_first", seed=0),
+        glt.Conv2DTranspose(2, 2, strides=2, data_format="channels_first", seed=1), glt.Activation("tanh"),
+        glt.Flatten(data_format="channels_first"), glt.Dropout(0.3), glt.Dense(2, activation="softmax", seed=2))
+    x = torch.randn(3, 2, 6, 6)
+    model(x)
+    model.train()
+    runs = []
+    with torch._inductor.config.patch(fallback_random=True):
+        for fn in (model, torch.compile(model, fullgraph=True)):
+            model.zero_grad()
+            torch.manual_seed(9)
+            xr = x.clone().requires_grad_(True)
+            y = fn(xr)
+            y.pow(2).sum().backward()
+            runs.append([y.detach(), xr.grad] + [p.grad.clone() for p in model.parameters()])
+    assert len(runs[0]) == 8  # output, input gradient, 6 parameter gradients
+    for eager, compiled in zip(*runs):
+        torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
+
+
+def test_unseeded_dropout_follows_torch_manual_seed():
+    x = torch.randn(8, 9, dtype=torch.float64)
+    module = glt.Dropout(0.5).train()
+    torch.manual_seed(12)
+    first = module(x)
+    torch.manual_seed(12)
+    torch.testing.assert_close(module(x), first, rtol=0, atol=0)
+    assert not torch.equal(module(x) != 0, first != 0)  # the next call draws another mask
