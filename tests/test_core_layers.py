@@ -188,3 +188,11 @@ def test_errors_change_nothing():
         gl.Dropout(0.5, noise_shape=(1, 2))
     with pytest.raises(TypeError, match="Dense: `inputs` must have dtype float16"):
         layer(np.ones((2, 5), np.int32))
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_flatten_of_an_empty_batch(data_format):
+    layer = gl.Flatten(data_format=data_format)
+    y = layer(np.zeros((0, 3, 4, 5), np.float32))
+    assert y.shape == (0, 60)
+    assert layer.backward(np.zeros((0, 60), np.float32)).shape == (0, 3, 4, 5)

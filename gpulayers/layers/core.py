@@ -228,7 +228,7 @@ class Flatten(Layer):
         self._saved = (x,)
         if self.data_format == "channels_first" and x.ndim > 2:
             x = xp.moveaxis(x, 1, -1)
-        return xp.ascontiguousarray(x).reshape(x.shape[0], -1)
+        return xp.ascontiguousarray(x).reshape(x.shape[0], math.prod(x.shape[1:]))  # also for batch 0
 
     def backward_impl(self, dy):
         x = self._saved[0]
