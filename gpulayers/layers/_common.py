@@ -1,5 +1,8 @@
-"""Helpers every layer family shares: the accumulate dtype and channels_last layout moves."""
+"""Helpers every layer family shares: the accumulate dtype, channels_last layout moves, and
+Keras's weight initializers."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -18,3 +21,48 @@ def to_channels_last(x, data_format):
 def from_channels_last(x, data_format):
     """The inverse view of :func:`to_channels_last`."""
     return np.moveaxis(x, -1, 1) if data_format == "channels_first" else x
+
+
+# ----------------------------------------------------------------------------- initializers
+# Keras's initializers by name, each (rng, shape, dtype) -> array (rng: a NumPy Generator).
+
+def glorot_uniform(rng, shape, dtype, fan_in=None, fan_out=None):
+    """Keras's GlorotUniform: U(-l, l), l = sqrt(6 / (fan_in + fan_out)); for a kernel of shape
+    (*receptive field, in, out) fan_in = in * prod(receptive field), fan_out likewise."""
+    receptive = math.prod(shape[:-2]) if len(shape) > 2 else 1
+    fan_in = fan_in or shape[-2] * receptive
+    fan_out = fan_out or shape[-1] * receptive
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, shape).astype(dtype)
+
+
+def he_normal(rng, shape, dtype):
+    """Keras's HeNormal: truncated normal (within 2 std) with std = sqrt(2 / fan_in)."""
+    receptive = math.prod(shape[:-2]) if len(shape) > 2 else 1
+    std = math.sqrt(2.0 / (shape[-2] * receptive)) / 0.87962566103423978
+    v = rng.standard_normal(shape)
+    bad = np.abs(v) > 2
+    while bad.any():
+        v[bad] = rng.standard_normal(int(bad.sum()))
+        bad = np.abs(v) > 2
+    return (v * std).astype(dtype)
+
+
+def orthogonal(rng, shape, dtype):
+    """Keras's Orthogonal initializer (gain 1): QR of a normal matrix, sign-corrected."""
+    rows, cols = shape
+    a = rng.standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    q *= np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    return q.reshape(shape).astype(dtype)
+
+
+INITIALIZERS = {
+    "glorot_uniform": glorot_uniform,
+    "he_normal": he_normal,
+    "orthogonal": orthogonal,
+    "zeros": lambda rng, shape, dtype: np.zeros(shape, dtype),
+    "ones": lambda rng, shape, dtype: np.ones(shape, dtype),
+}

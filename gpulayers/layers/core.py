@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import kernels, validation
 from ._signature import with_signature
-from ._common import acc_dtype  # noqa: F401  (re-exported: convolution imports it here)
+from ._common import INITIALIZERS, acc_dtype, glorot_uniform, he_normal  # noqa: F401  (re-exported)
 from .base import Layer
 
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "silu")
@@ -116,36 +116,6 @@ def activation_backward(name, dy, z, y):
 
 
 # ----------------------------------------------------------------------------- initializers
-
-def glorot_uniform(rng, shape, dtype, fan_in=None, fan_out=None):
-    """Keras's GlorotUniform: U(-l, l), l = sqrt(6 / (fan_in + fan_out)); for a kernel of shape
-    (*receptive field, in, out) fan_in = in * prod(receptive field), fan_out likewise."""
-    receptive = math.prod(shape[:-2]) if len(shape) > 2 else 1
-    fan_in = fan_in or shape[-2] * receptive
-    fan_out = fan_out or shape[-1] * receptive
-    limit = math.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-limit, limit, shape).astype(dtype)
-
-
-def he_normal(rng, shape, dtype):
-    """Keras's HeNormal: truncated normal (within 2 std) with std = sqrt(2 / fan_in)."""
-    receptive = math.prod(shape[:-2]) if len(shape) > 2 else 1
-    std = math.sqrt(2.0 / (shape[-2] * receptive)) / 0.87962566103423978
-    v = rng.standard_normal(shape)
-    bad = np.abs(v) > 2
-    while bad.any():
-        v[bad] = rng.standard_normal(int(bad.sum()))
-        bad = np.abs(v) > 2
-    return (v * std).astype(dtype)
-
-
-INITIALIZERS = {
-    "glorot_uniform": glorot_uniform,
-    "he_normal": he_normal,
-    "zeros": lambda rng, shape, dtype: np.zeros(shape, dtype),
-    "ones": lambda rng, shape, dtype: np.ones(shape, dtype),
-}
-
 
 def initializer(layer, arg, value):
     """An initializer name from INITIALIZERS or a callable (shape, dtype) -> array."""

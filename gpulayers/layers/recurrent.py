@@ -33,7 +33,9 @@ import numpy as np
 
 from .. import kernels, validation
 from ._signature import with_signature
+from ._common import INITIALIZERS as _INITIALIZERS
 from ._common import acc_dtype as _acc_dtype
+from ._common import glorot_uniform, orthogonal  # noqa: F401  (re-exported)
 from .base import Layer
 
 SOURCE = "recurrent.cu"
@@ -282,25 +284,6 @@ def rnn_backward(spec, saved, d_outputs, d_states):
 
 # ----------------------------------------------------------------------------- layers
 
-def glorot_uniform(rng, shape, dtype):
-    limit = np.sqrt(6.0 / (shape[0] + shape[1]))
-    return rng.uniform(-limit, limit, shape).astype(dtype)
-
-
-def orthogonal(rng, shape, dtype):
-    """Keras's Orthogonal initializer (gain 1): QR of a normal matrix, sign-corrected."""
-    rows, cols = shape
-    a = rng.standard_normal((max(rows, cols), min(rows, cols)))
-    q, r = np.linalg.qr(a)
-    q *= np.sign(np.diag(r))
-    if rows < cols:
-        q = q.T
-    return q.reshape(shape).astype(dtype)
-
-
-_INITIALIZERS = {"glorot_uniform": glorot_uniform, "orthogonal": orthogonal,
-                 "zeros": lambda rng, shape, dtype: np.zeros(shape, dtype),
-                 "ones": lambda rng, shape, dtype: np.ones(shape, dtype)}
 
 
 class _Recurrent(Layer):
