@@ -43,6 +43,7 @@ from gpulayers.layers import core as _core
 from gpulayers.layers import normalization as _bn
 from gpulayers.layers import pooling as _pool
 from gpulayers.layers import recurrent as _rnn
+from gpulayers.layers import torch_weights as _torch_weights
 from gpulayers.layers import upsampling as _up
 
 _FLOATS = (torch.float16, torch.float32, torch.float64)
@@ -495,9 +496,9 @@ def rnn_forward(x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Optio
         acc = _acc(x.dtype)
         return (_tensor(outputs.astype(xa.dtype)), _tensor(states[0].astype(xa.dtype)),
                 _tensor(states[1].astype(xa.dtype)) if len(states) > 1 else none,
-                _tensor(saved["pre"]).to(acc), _tensor(saved["h_prev"]).to(acc),
-                _tensor(saved["c_prev"]).to(acc) if saved["c_prev"] is not None else _empty(x, acc),
-                _tensor(saved["extra"]).to(acc))
+                _tensor(saved.pre).to(acc), _tensor(saved.h_prev).to(acc),
+                _tensor(saved.c_prev).to(acc) if saved.c_prev is not None else _empty(x, acc),
+                _tensor(saved.extra).to(acc))
 
 
 @rnn_forward.register_fake
@@ -515,21 +516,20 @@ def _rnn_forward_fake(x, kernel, recurrent_kernel, bias, h0, c0, mask, cell, uni
 
 
 def _rnn_saved(spec, xa, W, U, mask, pre, h_prev, c_prev, extra, has_bias, on_kernels):
-    """The ``saved`` record of rnn_forward / rnn_forward_kernel, rebuilt from the op's outputs."""
+    """The forward's :class:`~gpulayers.layers.recurrent.RnnSaved` record, rebuilt from the op's outputs."""
     xp = kernels.array_module(xa)
     acc = _rnn._acc_dtype(xa.dtype)
     xs = xp.swapaxes(xa, 0, 1)
     ms = None if mask is None else xp.swapaxes(mask, 0, 1)
     if spec.go_backwards:
         xs, ms = xs[::-1], (None if ms is None else ms[::-1])
-    saved = dict(pre=pre, h_prev=h_prev, c_prev=c_prev, extra=extra, W=W.astype(acc, copy=False),
-                 U=U.astype(acc, copy=False), dtype=xa.dtype, has_bias=has_bias)
     if on_kernels:
-        saved.update(xs=xp.ascontiguousarray(xs, dtype=acc), mask=mask is not None,
-                     ms=xp.ones((1,), np.uint8) if ms is None else xp.ascontiguousarray(ms, dtype=np.uint8))
+        xs = xp.ascontiguousarray(xs, dtype=acc)
+        ms = None if ms is None else xp.ascontiguousarray(ms, dtype=np.uint8)
     else:
-        saved.update(xs=xs.astype(acc), ms=np.ones(xs.shape[:2], bool) if ms is None else ms)
-    return saved
+        xs = xs.astype(acc)
+    return _rnn.RnnSaved(xs=xs, mask=ms, pre=pre, h_prev=h_prev, c_prev=c_prev, extra=extra,
+                         W=W.astype(acc, copy=False), U=U.astype(acc, copy=False), dtype=xa.dtype, has_bias=has_bias)
 
 
 @torch.library.custom_op("gpulayers::rnn_backward", mutates_args=())
@@ -1145,14 +1145,14 @@ class _Recurrent(_Lazy):
 
     def load_torch_state_dict(self, state_dict, suffix="_l0"):
         """Load the weights of a PyTorch nn.RNN (tanh)/nn.LSTM/nn.GRU state dict (module built first)."""
-        self.set_weights(_rnn.from_torch_state_dict(type(self).__name__, state_dict, suffix))
+        self.set_weights(_torch_weights.from_torch_state_dict(type(self).__name__, state_dict, suffix))
 
     def torch_state_dict(self, suffix="_l0"):
         """The weights as a PyTorch nn.RNN/nn.LSTM/nn.GRU state dict of tensors."""
         layer = copy.copy(self._gl)
         layer.params = {n: t.detach().cpu().numpy() for n, t in self._named_weights()}
         layer.built = True
-        return {k: torch.from_numpy(v) for k, v in _rnn.to_torch_state_dict(layer, suffix).items()}
+        return {k: torch.from_numpy(v) for k, v in _torch_weights.to_torch_state_dict(layer, suffix).items()}
 
 
 SimpleRNN = type("SimpleRNN", (_Recurrent,), {"_layer_class": _gl.SimpleRNN, "__module__": __name__,

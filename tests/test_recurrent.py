@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gpulayers as gl
-from gpulayers.layers import recurrent
+from gpulayers.layers import recurrent, torch_weights
 from gpulayers.testing import assert_close, numerical_gradient, to_numpy
 
 from conftest import DTYPES
@@ -238,21 +238,21 @@ def test_pytorch_converters_follow_pytorch_equations_and_round_trip(rng):
           "bias_ih_l0": rng.standard_normal(12), "bias_hh_l0": rng.standard_normal(12)}
     gru = gl.GRU(4)
     gru(x)
-    gru.set_weights(recurrent.from_torch_state_dict("GRU", sd))
+    gru.set_weights(torch_weights.from_torch_state_dict("GRU", sd))
     assert_close(gru(x), torch_style_gru(x, sd, 4))
-    back = recurrent.to_torch_state_dict(gru)
+    back = torch_weights.to_torch_state_dict(gru)
     for k in sd:
         assert_close(back[k], sd[k])
     lstm = gl.LSTM(4)
     lstm(x)
-    sd_lstm = recurrent.to_torch_state_dict(lstm)
+    sd_lstm = torch_weights.to_torch_state_dict(lstm)
     assert sd_lstm["weight_ih_l0"].shape == (16, 3) and np.all(sd_lstm["bias_hh_l0"] == 0)
-    for a, b in zip(recurrent.from_torch_state_dict("LSTM", sd_lstm), lstm.get_weights()):
+    for a, b in zip(torch_weights.from_torch_state_dict("LSTM", sd_lstm), lstm.get_weights()):
         assert_close(a, b)
     with pytest.raises(ValueError, match="reset_after=False has no PyTorch equivalent"):
         g = gl.GRU(4, reset_after=False)
         g(x)
-        recurrent.to_torch_state_dict(g)
+        torch_weights.to_torch_state_dict(g)
 
 
 @pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU"])
@@ -264,11 +264,11 @@ def test_pytorch_modules_are_reproduced(kind, rng):
     x = rng.standard_normal((2, 6, 3))
     ours = getattr(gl, kind)(5, return_sequences=True)
     ours(x)
-    ours.set_weights(recurrent.from_torch_state_dict(kind, module.state_dict()))
+    ours.set_weights(torch_weights.from_torch_state_dict(kind, module.state_dict()))
     with torch.no_grad():
         expected = module(torch.from_numpy(x))[0].numpy()
     assert_close(ours(x), expected)
-    module.load_state_dict({k: torch.from_numpy(v) for k, v in recurrent.to_torch_state_dict(ours).items()})
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in torch_weights.to_torch_state_dict(ours).items()})
     with torch.no_grad():
         assert_close(module(torch.from_numpy(x))[0].numpy(), expected)
 
@@ -349,3 +349,10 @@ def test_gradient_of_only_a_state(kernel_path, rng):
     dx = kernel_path(lambda a, g: (layer(a), layer.backward([None, g]))[1], x, dh)
     assert_close(dx, dx_ref)
     assert np.abs(to_numpy(dx)).max() > 0
+
+
+def test_converters_are_still_reachable_from_the_recurrent_module():
+    assert recurrent.from_torch_state_dict is torch_weights.from_torch_state_dict
+    assert recurrent.to_torch_state_dict is torch_weights.to_torch_state_dict
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        recurrent.nothing_here  # noqa: B018

@@ -107,6 +107,23 @@ def _activation_and_grad(name, a):
     return activate(name, a), activation_grad(name, a)
 
 
+@dataclass
+class RnnSaved:
+    """What backward needs from a forward call: the same record for the NumPy reference and the
+    kernel path. Arrays are in processing order (reversed for go_backwards) and in the
+    accumulate dtype (float32 for float16)."""
+    xs: object  # (T, B, F) the inputs
+    mask: object  # (T, B) the mask (bool or uint8), or None: every step counts
+    pre: object  # (T, B, G u) pre-activations of every gate
+    h_prev: object  # (T, B, u) the state h before each step
+    c_prev: object  # LSTM: (T, B, u) the cell state before each step; else None
+    extra: object  # (T, B, u) LSTM: c'; GRU: h U_h + b_rec_h (reset_after) or r h
+    W: object  # kernel, as used by this call
+    U: object  # recurrent_kernel, as used by this call
+    dtype: object  # the input's dtype (dx is returned in it)
+    has_bias: bool
+
+
 def _split_bias(spec, bias, u, dtype):
     """(input-side bias (G u,), recurrent bias (G u,) or None) from Keras's bias."""
     if bias is None:
@@ -194,8 +211,8 @@ def rnn_forward(spec, x, kernel, recurrent_kernel, bias=None, initial_state=None
         if c is not None:
             c = np.where(m, c_new, c)
         outputs[t] = np.where(m, h_new, 0) if spec.zero_output_for_mask else h
-    saved = dict(xs=xs, ms=ms, pre=pre, h_prev=h_prev_all, c_prev=c_prev_all, extra=extra, W=W, U=U,
-                 dtype=x.dtype, has_bias=bias is not None)
+    saved = RnnSaved(xs=xs, mask=ms if mask is not None else None, pre=pre, h_prev=h_prev_all, c_prev=c_prev_all,
+                     extra=extra, W=W, U=U, dtype=x.dtype, has_bias=bias is not None)
     states = [h] + ([c] if c is not None else [])
     return outputs, states, saved
 
@@ -207,7 +224,8 @@ def rnn_backward(spec, saved, d_outputs, d_states):
     where none); d_states: [dh(, dc)] gradients of the final states (None for none).
     Returns (dx (batch, time, features), [dh0(, dc0)], {"kernel", "recurrent_kernel", "bias"}).
     """
-    xs, ms, pre, W, U = saved["xs"], saved["ms"], saved["pre"], saved["W"], saved["U"]
+    xs, pre, W, U = saved.xs, saved.pre, saved.W, saved.U
+    ms = saved.mask if saved.mask is not None else np.ones(xs.shape[:2], bool)
     acc = xs.dtype
     u = spec.units
     steps, batch = xs.shape[:2]
@@ -225,7 +243,7 @@ def rnn_backward(spec, saved, d_outputs, d_states):
             dh_new, dh_keep = np.where(m, dh + g, 0), np.where(m, 0, dh)
         else:  # the output is the carried state h
             dh_new, dh_keep = np.where(m, dh + g, 0), np.where(m, 0, dh + g)
-        h_prev, a = saved["h_prev"][t], pre[t]
+        h_prev, a = saved.h_prev[t], pre[t]
         if spec.cell == "simple_rnn":
             da = dh_new * activation_grad(act, a)
             d_xw[t] = d_inner[t] = da
@@ -234,7 +252,7 @@ def rnn_backward(spec, saved, d_outputs, d_states):
             gates, d_gates = _activation_and_grad(ract, a)  # i, f, o (the c block is recomputed below)
             i, f, og = gates[:, :u], gates[:, u:2 * u], gates[:, 3 * u:]
             gg, d_gg = _activation_and_grad(act, a[:, 2 * u:3 * u])
-            c_new, c_prev = saved["extra"][t], saved["c_prev"][t]
+            c_new, c_prev = saved.extra[t], saved.c_prev[t]
             act_c, d_act_c = _activation_and_grad(act, c_new)
             dc_new = np.where(m, dc, 0) + dh_new * og * d_act_c
             da = d_xw[t]  # written in place, block by block
@@ -251,7 +269,7 @@ def rnn_backward(spec, saved, d_outputs, d_states):
             hh, d_hh = _activation_and_grad(act, a[:, 2 * u:])
             dz = dh_new * (h_prev - hh) * d_zr[:, :u]
             dhp = dh_new * (1 - z) * d_hh
-            extra = saved["extra"][t]
+            extra = saved.extra[t]
             if spec.cell == "gru":  # extra = h U_h + b_rec_h
                 dr = dhp * extra * d_zr[:, u:]
                 d_xw[t] = np.concatenate([dz, dr, dhp], axis=1)
@@ -266,18 +284,18 @@ def rnn_backward(spec, saved, d_outputs, d_states):
     flat = lambda v: v.reshape(steps * batch, -1)  # noqa: E731
     grads = {"kernel": flat(xs).T @ flat(d_xw)}
     if spec.cell == "gru_reset_before":
-        d_u = np.concatenate([flat(saved["h_prev"]).T @ flat(d_inner[:, :, :2 * u]),
-                              flat(saved["extra"]).T @ flat(d_inner[:, :, 2 * u:])], axis=1)
+        d_u = np.concatenate([flat(saved.h_prev).T @ flat(d_inner[:, :, :2 * u]),
+                              flat(saved.extra).T @ flat(d_inner[:, :, 2 * u:])], axis=1)
     else:
-        d_u = flat(saved["h_prev"]).T @ flat(d_inner)
+        d_u = flat(saved.h_prev).T @ flat(d_inner)
     grads["recurrent_kernel"] = d_u
-    if saved["has_bias"]:
+    if saved.has_bias:
         grads["bias"] = np.stack([d_xw.sum((0, 1)), d_inner.sum((0, 1))]) if spec.cell == "gru" \
             else d_xw.sum((0, 1))
     dxs = d_xw @ W.T
     if spec.go_backwards:
         dxs = dxs[::-1]
-    dx = np.swapaxes(dxs, 0, 1).astype(saved["dtype"])
+    dx = np.swapaxes(dxs, 0, 1).astype(saved.dtype)
     d_init = [dh] + ([dc] if dc is not None else [])
     return dx, d_init, grads
 
@@ -750,58 +768,6 @@ class Bidirectional(Layer):
         return dxf + dxb
 
 
-# ----------------------------------------------------------------------------- PyTorch weights
-
-_TORCH_GRU_ORDER = [1, 0, 2]  # PyTorch (r, z, n) blocks -> Keras (z, r, h)
-
-
-def _blocks(a, order, axis=0):
-    parts = np.split(np.asarray(a), len(order), axis=axis)
-    return np.concatenate([parts[i] for i in order], axis=axis)
-
-
-def from_torch_state_dict(kind, state_dict, suffix="_l0"):
-    """Keras-order weights [kernel, recurrent_kernel, bias] from a PyTorch nn.RNN/LSTM/GRU state dict.
-
-    ``kind``: "SimpleRNN", "LSTM" or "GRU" (the Keras layer to load them into; a GRU must use
-    reset_after=True, PyTorch's formulation). Biases: the two PyTorch biases are summed for
-    SimpleRNN and LSTM, and kept as the (2, 3 units) pair for GRU.
-    """
-    get = lambda k: np.asarray(state_dict[k + suffix].detach().cpu().numpy() if hasattr(  # noqa: E731
-        state_dict[k + suffix], "detach") else state_dict[k + suffix])
-    w_ih, w_hh = get("weight_ih"), get("weight_hh")
-    has_bias = f"bias_ih{suffix}" in state_dict
-    if kind == "GRU":
-        weights = [_blocks(w_ih, _TORCH_GRU_ORDER).T, _blocks(w_hh, _TORCH_GRU_ORDER).T]
-        if has_bias:
-            weights.append(np.stack([_blocks(get("bias_ih"), _TORCH_GRU_ORDER),
-                                     _blocks(get("bias_hh"), _TORCH_GRU_ORDER)]))
-    elif kind in ("LSTM", "SimpleRNN"):
-        weights = [w_ih.T, w_hh.T] + ([get("bias_ih") + get("bias_hh")] if has_bias else [])
-    else:
-        raise ValueError(f"from_torch_state_dict: `kind` must be 'SimpleRNN', 'LSTM' or 'GRU'. Received: kind={kind!r}")
-    return [np.ascontiguousarray(w) for w in weights]
-
-
-def to_torch_state_dict(layer, suffix="_l0"):
-    """A PyTorch state dict (NumPy arrays) for ``layer``'s weights; load with
-    ``module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``."""
-    ws = layer.get_weights()
-    if isinstance(layer, GRU):
-        if not layer.reset_after:
-            raise ValueError("to_torch_state_dict: PyTorch's GRU applies the reset gate after the matmul; "
-                             "a GRU with reset_after=False has no PyTorch equivalent. Received: reset_after=False")
-        sd = {"weight_ih": _blocks(ws[0].T, _TORCH_GRU_ORDER), "weight_hh": _blocks(ws[1].T, _TORCH_GRU_ORDER)}
-        if layer.use_bias:
-            sd["bias_ih"] = _blocks(ws[2][0], _TORCH_GRU_ORDER)
-            sd["bias_hh"] = _blocks(ws[2][1], _TORCH_GRU_ORDER)
-    else:
-        sd = {"weight_ih": ws[0].T, "weight_hh": ws[1].T}
-        if layer.use_bias:
-            sd["bias_ih"], sd["bias_hh"] = ws[2], np.zeros_like(ws[2])
-    return {k + suffix: np.ascontiguousarray(v) for k, v in sd.items()}
-
-
 # ----------------------------------------------------------------------------- kernel path
 
 def _launch(name, dtype, total, args):
@@ -860,16 +826,16 @@ def rnn_forward_kernel(spec, x, kernel, recurrent_kernel, bias=None, initial_sta
         _launch(f"rnn_step_forward<{{T}}, {cell}>", x.dtype, batch * u,
                 (xw[t], hu, h, c_prev, mask_t, has_mask, pre[t], extra[t], h_all[t + 1], c_next,
                  outputs[t], *dims, act, ract, np.int32(spec.zero_output_for_mask)))
-    saved = dict(xs=xs, ms=ms, mask=mask is not None, pre=pre, h_prev=h_all[:-1],
-                 c_prev=None if c_all is None else c_all[:-1], extra=extra, W=W, U=U, dtype=x.dtype,
-                 has_bias=bias is not None)
+    saved = RnnSaved(xs=xs, mask=ms if mask is not None else None, pre=pre, h_prev=h_all[:-1],
+                     c_prev=None if c_all is None else c_all[:-1], extra=extra, W=W, U=U, dtype=x.dtype,
+                     has_bias=bias is not None)
     return outputs, [h_all[-1]] + ([c_all[-1]] if c_all is not None else []), saved
 
 
 def rnn_backward_kernel(spec, saved, d_outputs, d_states):
     """Kernel path of :func:`rnn_backward`: per step one fused gate-gradient kernel and the
     GEMM d_inner @ U^T; the weight gradients as one GEMM over all steps at the end."""
-    xs, pre, W, U = saved["xs"], saved["pre"], saved["W"], saved["U"]
+    xs, pre, W, U = saved.xs, saved.pre, saved.W, saved.U
     xp = kernels.array_module(xs)
     acc = xs.dtype
     u = spec.units
@@ -885,19 +851,20 @@ def rnn_backward_kernel(spec, saved, d_outputs, d_states):
     d_inner = xp.empty_like(pre) if spec.cell == "gru" else d_xw
     act, ract = _codes(spec)
     dims = (np.int32(batch), np.int32(u))
-    has_mask = np.int32(saved["mask"])
+    has_mask = np.int32(saved.mask is not None)
+    no_mask = xp.ones((1,), np.uint8)
     for t in reversed(range(steps)):
-        mask_t = saved["ms"][t] if saved["mask"] else saved["ms"]
+        mask_t = saved.mask[t] if saved.mask is not None else no_mask
         dh_direct = xp.empty_like(dh)
         dc_prev = xp.empty_like(dh) if dc is not None else dh_direct
-        _launch(f"rnn_step_backward<{{T}}, {cell}>", saved["dtype"], batch * u,
-                (d_outputs[t], pre[t], saved["extra"][t], saved["h_prev"][t],
-                 saved["c_prev"][t] if dc is not None else dh, mask_t, has_mask, dh, dc if dc is not None else dh,
+        _launch(f"rnn_step_backward<{{T}}, {cell}>", saved.dtype, batch * u,
+                (d_outputs[t], pre[t], saved.extra[t], saved.h_prev[t],
+                 saved.c_prev[t] if dc is not None else dh, mask_t, has_mask, dh, dc if dc is not None else dh,
                  d_xw[t], d_inner[t], dh_direct, dc_prev, *dims, act, ract, np.int32(spec.zero_output_for_mask)))
         if spec.cell == "gru_reset_before":
             d_rh = xp.matmul(d_xw[t, :, 2 * u:], U[:, 2 * u:].T)
-            _launch("gru_reset_gate_backward<{T}>", saved["dtype"], batch * u,
-                    (d_rh, pre[t], saved["h_prev"][t], d_xw[t], dh_direct, *dims, ract))
+            _launch("gru_reset_gate_backward<{T}>", saved.dtype, batch * u,
+                    (d_rh, pre[t], saved.h_prev[t], d_xw[t], dh_direct, *dims, ract))
             dh = dh_direct + xp.matmul(d_xw[t, :, :2 * u], U[:, :2 * u].T)
         else:
             dh = dh_direct + xp.matmul(d_inner[t], U.T)
@@ -907,18 +874,27 @@ def rnn_backward_kernel(spec, saved, d_outputs, d_states):
     grads = {"kernel": xp.matmul(flat(xs).T, flat(d_xw))}
     if spec.cell == "gru_reset_before":
         grads["recurrent_kernel"] = xp.concatenate(
-            [xp.matmul(flat(saved["h_prev"]).T, flat(d_xw[:, :, :2 * u])),
-             xp.matmul(flat(saved["extra"]).T, flat(d_xw[:, :, 2 * u:]))], axis=1)
+            [xp.matmul(flat(saved.h_prev).T, flat(d_xw[:, :, :2 * u])),
+             xp.matmul(flat(saved.extra).T, flat(d_xw[:, :, 2 * u:]))], axis=1)
     else:
-        grads["recurrent_kernel"] = xp.matmul(flat(saved["h_prev"]).T, flat(d_inner))
-    if saved["has_bias"]:
+        grads["recurrent_kernel"] = xp.matmul(flat(saved.h_prev).T, flat(d_inner))
+    if saved.has_bias:
         grads["bias"] = xp.stack([d_xw.sum((0, 1)), d_inner.sum((0, 1))]) if spec.cell == "gru" \
             else d_xw.sum((0, 1))
     dxs = xp.matmul(d_xw, W.T)
     if spec.go_backwards:
         dxs = dxs[::-1]
-    dx = xp.ascontiguousarray(xp.swapaxes(dxs, 0, 1)).astype(saved["dtype"])
+    dx = xp.ascontiguousarray(xp.swapaxes(dxs, 0, 1)).astype(saved.dtype)
     return dx, [dh] + ([dc] if dc is not None else []), grads
 
 
 with_signature(Bidirectional)  # inspect.signature lists every argument
+
+
+def __getattr__(name):
+    """The PyTorch state-dict converters live in :mod:`gpulayers.layers.torch_weights`."""
+    if name in ("from_torch_state_dict", "to_torch_state_dict"):
+        from . import torch_weights
+
+        return getattr(torch_weights, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
