@@ -159,6 +159,17 @@ class SparseCategoricalCrossentropy(Loss):
         return _cross_entropy(xp, target, y_pred, self.from_logits)
 
 
+def _smoothing_arguments(loss, from_logits, label_smoothing, axis):
+    """Checks and keeps the arguments the cross-entropies with label smoothing share."""
+    me = type(loss).__name__
+    loss.from_logits = validation.boolean(me, "from_logits", from_logits)
+    if not isinstance(label_smoothing, numbers.Real) or not 0 <= label_smoothing <= 1:
+        raise ValueError(f"{me}: `label_smoothing` must be a number in [0, 1]. "
+                         f"Received: label_smoothing={label_smoothing!r}")
+    loss.label_smoothing = float(label_smoothing)
+    validation.unsupported(me, axis=(axis, -1))
+
+
 class CategoricalCrossentropy(Loss):
     """Cross-entropy with one-hot (or soft) targets, as ``keras.losses.CategoricalCrossentropy``.
 
@@ -172,13 +183,7 @@ class CategoricalCrossentropy(Loss):
 
     def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1, name=None, **kwargs):
         super().__init__(name=name, **kwargs)
-        me = type(self).__name__
-        self.from_logits = validation.boolean(me, "from_logits", from_logits)
-        if not isinstance(label_smoothing, numbers.Real) or not 0 <= label_smoothing <= 1:
-            raise ValueError(f"{me}: `label_smoothing` must be a number in [0, 1]. "
-                             f"Received: label_smoothing={label_smoothing!r}")
-        self.label_smoothing = float(label_smoothing)
-        validation.unsupported(me, axis=(axis, -1))
+        _smoothing_arguments(self, from_logits, label_smoothing, axis)
 
     def compute(self, xp, y_true, y_pred):
         if self.label_smoothing:
@@ -198,13 +203,7 @@ class BinaryCrossentropy(Loss):
 
     def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1, name=None, **kwargs):
         super().__init__(name=name, **kwargs)
-        me = type(self).__name__
-        self.from_logits = validation.boolean(me, "from_logits", from_logits)
-        if not isinstance(label_smoothing, numbers.Real) or not 0 <= label_smoothing <= 1:
-            raise ValueError(f"{me}: `label_smoothing` must be a number in [0, 1]. "
-                             f"Received: label_smoothing={label_smoothing!r}")
-        self.label_smoothing = float(label_smoothing)
-        validation.unsupported(me, axis=(axis, -1))
+        _smoothing_arguments(self, from_logits, label_smoothing, axis)
 
     def compute(self, xp, t, y):
         if self.label_smoothing:

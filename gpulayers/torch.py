@@ -1228,17 +1228,7 @@ class Bidirectional(nn.Module):
             (yf, *sf), (yb, *sb) = yf, yb
         if self._gl.return_sequences:
             yb = torch.flip(yb, dims=(1,))
-        if self.merge_mode == "concat":
-            out = [torch.cat([yf, yb], dim=-1)]
-        elif self.merge_mode == "sum":
-            out = [yf + yb]
-        elif self.merge_mode == "mul":
-            out = [yf * yb]
-        elif self.merge_mode == "ave":
-            out = [(yf + yb) / 2]
-        else:
-            out = [yf, yb]
-        out = out + sf + sb
+        out = _rnn.merge_directions(self.merge_mode, yf, yb, lambda a, b: torch.cat([a, b], dim=-1)) + sf + sb
         return out if len(out) > 1 else out[0]
 
 

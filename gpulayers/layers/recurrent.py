@@ -582,6 +582,20 @@ def _rebuilt(layer, **overrides):
     return type(layer)(**config)
 
 
+def merge_directions(merge_mode, yf, yb, concatenate):
+    """Bidirectional's outputs from its two directions' (``concatenate(a, b)`` joins the last
+    axis, so that NumPy, CuPy and torch arrays share this): a list of one output, or both."""
+    if merge_mode == "concat":
+        return [concatenate(yf, yb)]
+    if merge_mode == "sum":
+        return [yf + yb]
+    if merge_mode == "mul":
+        return [yf * yb]
+    if merge_mode == "ave":
+        return [(yf + yb) / 2]
+    return [yf, yb]
+
+
 class _WrappedParams(MutableMapping):
     """Bidirectional's ``params``: a live view of both directions' params under
     ``forward_<name>`` / ``backward_<name>``. Reading gives the wrapped layer's own array (so
@@ -715,17 +729,7 @@ class Bidirectional(Layer):
         if self.return_sequences:
             yb = xp.ascontiguousarray(xp.flip(yb, axis=1))
         self._saved = (x.dtype, yf, yb, initial_state is not None)
-        if self.merge_mode == "concat":
-            out = [xp.concatenate([yf, yb], axis=-1)]
-        elif self.merge_mode == "sum":
-            out = [yf + yb]
-        elif self.merge_mode == "mul":
-            out = [yf * yb]
-        elif self.merge_mode == "ave":
-            out = [(yf + yb) / 2]
-        else:
-            out = [yf, yb]
-        out = out + sf + sb
+        out = merge_directions(self.merge_mode, yf, yb, lambda a, b: xp.concatenate([a, b], axis=-1)) + sf + sb
         return out if len(out) > 1 else out[0]
 
     def backward_impl(self, dy):
