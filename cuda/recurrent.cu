@@ -11,9 +11,12 @@
 // All state and gate math is in the accumulate type A (float for float and __half, double
 // for double); only the output sequence is stored in T.
 //
-// CELL: 0 SimpleRNN, 1 LSTM, 2 GRU (reset_after), 3 GRU (reset before the matmul: its
-// forward step runs gru_reset_gate_forward, a GEMM (r h) @ U_h, then rnn_step_forward).
-// Activation codes: 0 linear, 1 tanh, 2 sigmoid, 3 relu, 4 hard_sigmoid (relu6(a + 3) / 6).
+// CELL (a template argument): Cell::simple_rnn, Cell::lstm, Cell::gru (reset_after) and
+// Cell::gru_reset_before (reset before the matmul: its forward step runs
+// gru_reset_gate_forward, a GEMM (r h) @ U_h, then rnn_step_forward). The activations are
+// runtime int arguments holding an Activation (hard_sigmoid: relu6(a + 3) / 6). gpulayers
+// reads both enums from this file by name (kernels.cuda_enum), so the enumerators are the
+// layers' own names and their order is free.
 //
 // Masks (uint8 per batch row and step, has_mask = 0 for none): a masked step keeps h (and c)
 // and outputs the carried h, or zero when zero_output != 0.
@@ -21,41 +24,47 @@
 
 using gl::index_t;
 
+enum class Cell : int { simple_rnn, lstm, gru, gru_reset_before };
+enum class Activation : int { linear, tanh, sigmoid, relu, hard_sigmoid };
+
+// Gate blocks per row of the pre-activations: SimpleRNN [a], LSTM [i f c o], GRU [z r h].
+template <Cell CELL> constexpr int kGates = CELL == Cell::simple_rnn ? 1 : (CELL == Cell::lstm ? 4 : 3);
+
 template <typename A> __device__ __forceinline__ A activate(int code, A a) {
-    switch (code) {
-        case 1: return tanh(a);
-        case 2: return (A)1 / ((A)1 + exp(-a));
-        case 3: return a > (A)0 ? a : (A)0;
-        case 4: return a <= (A)-3 ? (A)0 : (a >= (A)3 ? (A)1 : a / (A)6 + (A)0.5);
-        default: return a;
+    switch (static_cast<Activation>(code)) {
+        case Activation::tanh: return tanh(a);
+        case Activation::sigmoid: return (A)1 / ((A)1 + exp(-a));
+        case Activation::relu: return a > (A)0 ? a : (A)0;
+        case Activation::hard_sigmoid: return a <= (A)-3 ? (A)0 : (a >= (A)3 ? (A)1 : a / (A)6 + (A)0.5);
+        case Activation::linear: default: return a;
     }
 }
 
 // d activate(a) / da, from the pre-activation a.
 template <typename A> __device__ __forceinline__ A activation_grad(int code, A a) {
-    switch (code) {
-        case 1: { const A t = tanh(a); return (A)1 - t * t; }
-        case 2: { const A s = (A)1 / ((A)1 + exp(-a)); return s * ((A)1 - s); }
-        case 3: return a > (A)0 ? (A)1 : (A)0;
-        case 4: return (a > (A)-3 && a < (A)3) ? (A)1 / (A)6 : (A)0;
-        default: return (A)1;
+    switch (static_cast<Activation>(code)) {
+        case Activation::tanh: { const A t = tanh(a); return (A)1 - t * t; }
+        case Activation::sigmoid: { const A s = (A)1 / ((A)1 + exp(-a)); return s * ((A)1 - s); }
+        case Activation::relu: return a > (A)0 ? (A)1 : (A)0;
+        case Activation::hard_sigmoid: return (a > (A)-3 && a < (A)3) ? (A)1 / (A)6 : (A)0;
+        case Activation::linear: default: return (A)1;
     }
 }
 
 #define ACC gl::acc_t<T>
 
 // Forward step. xw: (B, G u) input projection of this step (input bias included);
-// hu: the recurrent part, h_prev @ U (+ recurrent bias) -- (B, G u) for CELL 0-2, (B, u) =
-// (r h) @ U_h for CELL 3. Saves pre (B, G u) pre-activations and extra (B, u): LSTM c',
-// GRU h @ U_h + b_rec_h (CELL 2). Writes h_out, c_out (LSTM) and the output o (B, u).
-template <typename T, int CELL>
+// hu: the recurrent part, h_prev @ U (+ recurrent bias) -- (B, G u), or (B, u) = (r h) @ U_h
+// for gru_reset_before. Saves pre (B, G u) pre-activations and extra (B, u): LSTM c',
+// GRU h @ U_h + b_rec_h (Cell::gru). Writes h_out, c_out (LSTM) and the output o (B, u).
+template <typename T, Cell CELL>
 __global__ void rnn_step_forward(const ACC* __restrict__ xw, const ACC* __restrict__ hu,
                                  const ACC* __restrict__ h_prev, const ACC* __restrict__ c_prev,
                                  const unsigned char* __restrict__ mask, int has_mask, ACC* __restrict__ pre,
                                  ACC* __restrict__ extra, ACC* __restrict__ h_out, ACC* __restrict__ c_out,
                                  T* __restrict__ out, int B, int u, int act, int ract, int zero_output) {
     typedef ACC A;
-    const int G = CELL == 0 ? 1 : (CELL == 1 ? 4 : 3);
+    constexpr int G = kGates<CELL>;
     const index_t total = (index_t)B * u;
     GL_FOR_EACH(k, total) {
         const index_t b = k / u;
@@ -63,11 +72,11 @@ __global__ void rnn_step_forward(const ACC* __restrict__ xw, const ACC* __restri
         const index_t row = b * G * u;  // start of this batch row in (B, G u) arrays
         const A h = h_prev[k];
         A h_new, c_new = 0;
-        if (CELL == 0) {
+        if (CELL == Cell::simple_rnn) {
             const A a = xw[row + j] + hu[row + j];
             pre[row + j] = a;
             h_new = activate(act, a);
-        } else if (CELL == 1) {
+        } else if (CELL == Cell::lstm) {
             A a[4];
             for (int g = 0; g < 4; ++g) {
                 a[g] = xw[row + g * u + j] + hu[row + g * u + j];
@@ -78,7 +87,7 @@ __global__ void rnn_step_forward(const ACC* __restrict__ xw, const ACC* __restri
             c_new = f * c_prev[k] + i * cc;
             extra[k] = c_new;
             h_new = o * activate(act, c_new);
-        } else if (CELL == 2) {
+        } else if (CELL == Cell::gru) {
             const A zp = xw[row + j] + hu[row + j];
             const A rp = xw[row + u + j] + hu[row + u + j];
             const A inner_h = hu[row + 2 * u + j];
@@ -89,7 +98,7 @@ __global__ void rnn_step_forward(const ACC* __restrict__ xw, const ACC* __restri
             extra[k] = inner_h;
             const A z = activate(ract, zp);
             h_new = z * h + ((A)1 - z) * activate(act, hp);
-        } else {  // CELL 3: z, r pre-activations saved by gru_reset_gate_forward
+        } else {  // Cell::gru_reset_before: z, r pre-activations saved by gru_reset_gate_forward
             const A hp = xw[row + 2 * u + j] + hu[k];
             pre[row + 2 * u + j] = hp;
             const A z = activate(ract, pre[row + j]);
@@ -97,7 +106,7 @@ __global__ void rnn_step_forward(const ACC* __restrict__ xw, const ACC* __restri
         }
         const bool keep = has_mask && !mask[b];
         h_out[k] = keep ? h : h_new;
-        if (CELL == 1) c_out[k] = keep ? c_prev[k] : c_new;
+        if (CELL == Cell::lstm) c_out[k] = keep ? c_prev[k] : c_new;
         out[k] = gl::from_acc<T>(keep ? (zero_output ? (A)0 : h) : h_new);
     }
 }
@@ -125,10 +134,10 @@ __global__ void gru_reset_gate_forward(const ACC* __restrict__ xw, const ACC* __
 // Backward step. d_out: gradient of this step's output (B, u); dh, dc: gradients of the
 // step's resulting h and c coming from later steps (and the final-state gradients).
 // Writes d_xw (B, G u) (gradient of the input-side pre-activations), d_inner (B, G u) (of
-// the recurrent side, h @ U; only CELL 2 differs from d_xw), dh_direct (B, u): every part
+// the recurrent side, h @ U; only Cell::gru differs from d_xw), dh_direct (B, u): every part
 // of d h_prev except the GEMM term d_inner @ U^T, and dc_prev (LSTM).
-// CELL 3 writes the z and h blocks only; gru_reset_gate_backward completes it.
-template <typename T, int CELL>
+// Cell::gru_reset_before writes the z and h blocks only; gru_reset_gate_backward completes it.
+template <typename T, Cell CELL>
 __global__ void rnn_step_backward(const ACC* __restrict__ d_out, const ACC* __restrict__ pre,
                                   const ACC* __restrict__ extra, const ACC* __restrict__ h_prev,
                                   const ACC* __restrict__ c_prev, const unsigned char* __restrict__ mask,
@@ -136,7 +145,7 @@ __global__ void rnn_step_backward(const ACC* __restrict__ d_out, const ACC* __re
                                   ACC* __restrict__ d_xw, ACC* __restrict__ d_inner, ACC* __restrict__ dh_direct,
                                   ACC* __restrict__ dc_prev, int B, int u, int act, int ract, int zero_output) {
     typedef ACC A;
-    const int G = CELL == 0 ? 1 : (CELL == 1 ? 4 : 3);
+    constexpr int G = kGates<CELL>;
     const index_t total = (index_t)B * u;
     GL_FOR_EACH(k, total) {
         const index_t b = k / u;
@@ -147,11 +156,11 @@ __global__ void rnn_step_backward(const ACC* __restrict__ d_out, const ACC* __re
         // A masked step passes dh (and, unless its output is zero, g) straight to h_prev.
         const A dh_new = keep ? (A)0 : dh[k] + g;
         A direct = keep ? dh[k] + (zero_output ? (A)0 : g) : (A)0;
-        if (CELL == 0) {
+        if (CELL == Cell::simple_rnn) {
             const A da = dh_new * activation_grad(act, pre[row + j]);
             d_xw[row + j] = da;
             d_inner[row + j] = da;
-        } else if (CELL == 1) {
+        } else if (CELL == Cell::lstm) {
             const A ai = pre[row + j], af = pre[row + u + j], ac = pre[row + 2 * u + j], ao = pre[row + 3 * u + j];
             const A c_new = extra[k];
             const A i = activate(ract, ai), f = activate(ract, af), cc = activate(act, ac), o = activate(ract, ao);
@@ -172,7 +181,7 @@ __global__ void rnn_step_backward(const ACC* __restrict__ d_out, const ACC* __re
             direct += dh_new * z;
             d_xw[row + j] = dz;
             d_xw[row + 2 * u + j] = dhp;
-            if (CELL == 2) {
+            if (CELL == Cell::gru) {
                 const A r = activate(ract, rp);
                 const A dr = dhp * extra[k] * activation_grad(ract, rp);
                 d_xw[row + u + j] = dr;

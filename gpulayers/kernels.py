@@ -9,6 +9,7 @@ launcher runs it.
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import hashlib
 import os
@@ -45,8 +46,100 @@ _nvrtc_results: dict[tuple, dict] = {}
 
 
 def declare(source: str, templates) -> None:
-    """Register the kernels of ``cuda/<source>`` as name-expression templates with ``{T}``."""
+    """Register the kernels of ``cuda/<source>`` as name-expression templates with ``{T}``.
+
+    Layer code declares through :class:`Kernel` handles instead; this is the low-level form
+    (the whole list of a source at once) for sources outside the package's own families."""
     _KERNELS[source] = tuple(templates)
+
+
+class Kernel:
+    """One kernel template of ``cuda/<source>``: declared once, launched through the handle.
+
+    The name and the template parameters after ``T`` (the dtype's C type) are written here
+    only, in the kernel's order, each as the set of values the package launches:
+
+    - ``bool``: ``true``/``false``;
+    - a tuple of ints;
+    - an enum read from the source with :func:`cuda_enum` (spelled ``Enum::member``);
+    - a dict {Python value: C++ spelling} (``{T}`` in a spelling is the dtype's C type).
+
+    ``Kernel("pooling.cu", "pool_forward_rows", is_max=bool)`` declares
+    ``pool_forward_rows<T, true>`` and ``pool_forward_rows<T, false>`` for every dtype, and
+    ``handle.launch(dtype, grid, block, args, is_max=True)`` runs the first; a value outside
+    the declared set, a missing or an unknown parameter raises before anything is compiled.
+    """
+
+    def __init__(self, source: str, name: str, **params):
+        self.source, self.name = source, name
+        self._spellings = {key: _spellings(source, name, key, values) for key, values in params.items()}
+        templates = [""]
+        for spelled in self._spellings.values():
+            templates = [f"{t}, {s}" for t in templates for s in spelled.values()]
+        self.templates = tuple(f"{name}<{{T}}{t}>" for t in templates)
+        _KERNELS[source] = tuple(dict.fromkeys(_KERNELS.get(source, ()) + self.templates))
+
+    def template(self, **values) -> str:
+        """The name-expression template (with ``{T}``) for these template-parameter values."""
+        if values.keys() != self._spellings.keys():
+            raise TypeError(f"gpulayers internal: {self.name} takes the template parameters "
+                            f"{list(self._spellings)}; got {sorted(values)}")
+        parts = []
+        for key, spelled in self._spellings.items():
+            value = values[key]
+            if type(value) is np.bool_:
+                value = bool(value)
+            if value not in spelled:
+                raise ValueError(f"gpulayers internal: {self.name} is not declared with {key}={value!r} "
+                                 f"(declared: {list(spelled)})")
+            parts.append(spelled[value])
+        return f"{self.name}<{{T}}{''.join(', ' + p for p in parts)}>"
+
+    def launch(self, dtype, grid, block, args, shared_mem: int = 0, **values) -> None:
+        """Run the instance for ``dtype`` and ``values`` (see :func:`launch` for ``args``)."""
+        launch(self.source, self.template(**values), dtype, grid, block, args, shared_mem)
+
+    def __repr__(self):
+        return f"Kernel({self.source!r}, {self.name!r}, {', '.join(self._spellings)})"
+
+
+def _spellings(source, name, key, values) -> dict:
+    """{Python value: C++ spelling} of one template parameter's declared values."""
+    if values is bool:
+        return {False: "false", True: "true"}
+    if isinstance(values, type) and issubclass(values, enum.Enum):
+        return {member: f"{values.__name__}::{member.name}" for member in values}
+    if isinstance(values, dict):
+        return dict(values)
+    if isinstance(values, tuple) and values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return {v: str(v) for v in values}
+    raise TypeError(f"gpulayers internal: template parameter {key} of {name} ({source}) must be bool, a tuple "
+                    f"of ints, an enum from cuda_enum or a dict of spellings; got {values!r}")
+
+
+_ENUM = re.compile(r"\benum\s+class\s+(\w+)\s*(?::\s*[\w\s]+?)?\{([^}]*)\}")
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_enum(source: str, name: str) -> type[enum.IntEnum]:
+    """The ``enum class name`` of ``cuda/<source>`` as a Python IntEnum (same names, same values).
+
+    Lets Python pass codes by name: a template argument ``Enum::member`` (through
+    :class:`Kernel`) or a runtime ``int`` argument ``np.int32(member)``, the value read from the
+    source itself rather than matched by position. Enumerators are plain identifiers with
+    optional integer initialisers; comments in the body are ignored."""
+    text = re.sub(r"//[^\n]*|/\*.*?\*/", "", _read_source(source)[0], flags=re.S)
+    for enum_name, body in _ENUM.findall(text):
+        if enum_name != name:
+            continue
+        members, value = {}, 0
+        for item in filter(None, (part.strip() for part in body.split(","))):
+            member, _, init = (s.strip() for s in item.partition("="))
+            value = int(init, 0) if init else value
+            members[member] = value
+            value += 1
+        return enum.IntEnum(name, members)
+    raise LookupError(f"gpulayers: cuda/{source} defines no `enum class {name}`")
 
 
 def declared() -> dict[str, tuple[str, ...]]:

@@ -1,5 +1,5 @@
-"""Helpers every layer family shares: the accumulate dtype, channels_last layout moves, and
-Keras's weight initializers."""
+"""Helpers every layer family shares: the accumulate dtype, channels_last layout moves, the
+5-D kernel arguments, and Keras's weight initializers."""
 from __future__ import annotations
 
 import math
@@ -21,6 +21,33 @@ def to_channels_last(x, data_format):
 def from_channels_last(x, data_format):
     """The inverse view of :func:`to_channels_last`."""
     return np.moveaxis(x, -1, 1) if data_format == "channels_first" else x
+
+
+# ----------------------------------------------------------------------------- kernel arguments
+# The pooling and upsampling kernels see every input as 5-D, (N, C, D, H, W) in the array's own
+# layout: a 1-D or 2-D input is one with leading spatial axes of size 1.
+
+def split_channels(shape, data_format):
+    """(N, C, spatial sizes) of an (N, C, *spatial) or (N, *spatial, C) shape."""
+    if data_format == "channels_first":
+        return shape[0], shape[1], tuple(shape[2:])
+    return shape[0], shape[-1], tuple(shape[1:-1])
+
+
+def as_3d(values, fill=1):
+    """Per-spatial-axis ``values`` (1 to 3 of them) for 3 spatial axes: ``fill`` before them."""
+    return (fill,) * (3 - len(values)) + tuple(values)
+
+
+def int32_args(*values):
+    """Kernel scalar arguments of C type int."""
+    return tuple(np.int32(v) for v in values)
+
+
+def geometry_5d(shape, data_format):
+    """The int32 arguments (N, C, D, H, W) of a 3- to 5-D input in its own layout."""
+    n, c, spatial = split_channels(shape, data_format)
+    return int32_args(n, c, *as_3d(spatial))
 
 
 # ----------------------------------------------------------------------------- initializers

@@ -20,11 +20,11 @@ Geometry (per spatial axis, kernel k, stride s, dilation d, k_eff = (k - 1) d + 
 """
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 
 from .. import kernels, validation
+from ._common import from_channels_last, int32_args, split_channels, to_channels_last
 from ._signature import with_signature
 from .base import Layer
 from .core import acc_dtype, activation_backward, activation_forward, activation_name, initializer, make_weight, \
@@ -33,7 +33,8 @@ from .core import acc_dtype, activation_backward, activation_forward, activation
 SOURCE = "conv.cu"
 BLOCK = 256
 
-kernels.declare(SOURCE, [f"{name}<{{T}}, {cl}>" for name in ("im2col", "col2im") for cl in ("true", "false")])
+IM2COL = kernels.Kernel(SOURCE, "im2col", channels_last=bool)
+COL2IM = kernels.Kernel(SOURCE, "col2im", channels_last=bool)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -62,12 +63,11 @@ def conv_transpose_geometry(size, kernel, stride, dilation, padding, output_padd
     return out, k_eff - 1 - left
 
 
-def _to_cl(x, data_format):
-    return np.moveaxis(x, 1, -1) if data_format == "channels_first" else x
+_to_cl = to_channels_last
 
 
 def _from_cl(x, data_format):
-    return np.ascontiguousarray(np.moveaxis(x, -1, 1)) if data_format == "channels_first" else x
+    return np.ascontiguousarray(from_channels_last(x, data_format)) if data_format == "channels_first" else x
 
 
 def _windows(xpad, k, s, d, count):
@@ -166,9 +166,10 @@ def conv2d_transpose_backward(x, dz, kernel, strides, padding, dilation, output_
 
 # ----------------------------------------------------------------------------- kernel path
 
-@functools.lru_cache(maxsize=512)
-def _geometry_args(n, c, h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw):
-    return tuple(np.int32(v) for v in (n, c, h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw))
+def _geometry_args(image_shape, data_format, positions, k, s, d, pad):
+    """The 14 int32 arguments of im2col/col2im: N, C, H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW."""
+    n, c, hw = split_channels(image_shape, data_format)
+    return int32_args(n, c, *hw, *positions, *k, *s, *d, *pad)
 
 
 def im2col_kernel(image, positions, k, s, d, pad, data_format):
@@ -176,14 +177,12 @@ def im2col_kernel(image, positions, k, s, d, pad, data_format):
     xp = kernels.array_module(image)
     image = xp.ascontiguousarray(image)
     cl = data_format == "channels_last"
-    n, c = image.shape[0], image.shape[-1] if cl else image.shape[1]
-    h, w = image.shape[1:3] if cl else image.shape[2:4]
-    args = _geometry_args(n, c, h, w, positions[0], positions[1], k[0], k[1], s[0], s[1], d[0], d[1], pad[0], pad[1])
+    n, c, _ = split_channels(image.shape, data_format)
+    args = _geometry_args(image.shape, data_format, positions, k, s, d, pad)
     kk = k[0] * k[1] * c
     shape = (n * positions[0] * positions[1], kk) if cl else (n, kk, positions[0] * positions[1])
     cols = xp.empty(shape, acc_dtype(image.dtype))
-    kernels.launch(SOURCE, f"im2col<{{T}}, {'true' if cl else 'false'}>", image.dtype,
-                   kernels.grid_1d(cols.size, BLOCK), BLOCK, (image, cols, *args))
+    IM2COL.launch(image.dtype, kernels.grid_1d(cols.size, BLOCK), BLOCK, (image, cols, *args), channels_last=cl)
     return cols
 
 
@@ -192,12 +191,9 @@ def col2im_kernel(cols, image_shape, dtype, positions, k, s, d, pad, data_format
     xp = kernels.array_module(cols)
     cols = xp.ascontiguousarray(cols)
     cl = data_format == "channels_last"
-    n, c = image_shape[0], image_shape[-1] if cl else image_shape[1]
-    h, w = image_shape[1:3] if cl else image_shape[2:4]
-    args = _geometry_args(n, c, h, w, positions[0], positions[1], k[0], k[1], s[0], s[1], d[0], d[1], pad[0], pad[1])
+    args = _geometry_args(image_shape, data_format, positions, k, s, d, pad)
     image = xp.empty(image_shape, dtype)
-    kernels.launch(SOURCE, f"col2im<{{T}}, {'true' if cl else 'false'}>", np.dtype(dtype),
-                   kernels.grid_1d(image.size, BLOCK), BLOCK, (cols, image, *args))
+    COL2IM.launch(np.dtype(dtype), kernels.grid_1d(image.size, BLOCK), BLOCK, (cols, image, *args), channels_last=cl)
     return image
 
 

@@ -31,10 +31,13 @@ BLOCK = 256
 ROWS = 32  # bn_reduce_rows: a block of ROWS x 32 threads (the template argument ties the two)
 FINALIZE_CHANNELS, FINALIZE_BLOCK = 8, 1024  # bn_*_finalize: 128 rows of splits x 8 channels (batchnorm.cu)
 
-kernels.declare(SOURCE, [
-    f"bn_reduce_rows<{{T}}, {acc}<{{T}}>, {ROWS}>" for acc in ("StatsAcc", "GradAcc", "GradScaleAcc")
-] + [f"bn_reduce_planes<{{T}}, {acc}<{{T}}>>" for acc in ("StatsAcc", "GradAcc", "GradScaleAcc")]
-    + ["bn_stats_finalize<{T}>", "bn_grad_finalize<{T}>"])
+# The accumulator a reduction carries: (count, mean, M2) for the statistics; (sum dy, sum dy * xhat)
+# for the gradient, optionally also writing dx = dy * scale in the same pass.
+ACCUMULATORS = {name: f"{name}<{{T}}>" for name in ("StatsAcc", "GradAcc", "GradScaleAcc")}
+REDUCE_ROWS = kernels.Kernel(SOURCE, "bn_reduce_rows", acc=ACCUMULATORS, rows=(ROWS,))
+REDUCE_PLANES = kernels.Kernel(SOURCE, "bn_reduce_planes", acc=ACCUMULATORS)
+STATS_FINALIZE = kernels.Kernel(SOURCE, "bn_stats_finalize")
+GRAD_FINALIZE = kernels.Kernel(SOURCE, "bn_grad_finalize")
 
 _normalize = kernels.elementwise_kernel(
     "T x, S mean, S inv_std, S gamma, S beta", "T y",
@@ -226,18 +229,18 @@ def _reduce(acc_name, x, dy, mean, axes, scale=None):
     if r2 == 1:
         groups = kernels.ceil_div(c, 32)
         splits = _splits(read, groups, ROWS, kernels.ceil_div(r1, ROWS))
-        grid, block, name = (groups, splits), ROWS * 32, f"bn_reduce_rows<{{T}}, {acc_name}<{{T}}>, {ROWS}>"
+        grid, block, kernel, rows = (groups, splits), ROWS * 32, REDUCE_ROWS, {"rows": ROWS}
         shape_args = (np.int64(r1), np.int32(c))
     else:
         splits = _splits(read, c, BLOCK // 32, kernels.ceil_div(r1 * r2, BLOCK))
-        grid, block, name = (c, splits), BLOCK, f"bn_reduce_planes<{{T}}, {acc_name}<{{T}}>>"
+        grid, block, kernel, rows = (c, splits), BLOCK, REDUCE_PLANES, {}
         shape_args = (np.int64(r1), np.int32(c), np.int64(r2))
     partial = xp.empty((fields, splits, c), acc)
     unused = xp.empty((1,), acc)
     dx = xp.empty(xv.shape, x.dtype) if scale is not None else xp.empty((1,), x.dtype)
-    kernels.launch(SOURCE, name, x.dtype, grid, block,
-                   (xv, dyv, mean if mean is not None else unused, scale if scale is not None else unused, dx,
-                    partial, *shape_args))
+    kernel.launch(x.dtype, grid, block,
+                  (xv, dyv, mean if mean is not None else unused, scale if scale is not None else unused, dx,
+                   partial, *shape_args), acc=acc_name, **rows)
     return partial, splits, c, (dx if scale is not None else None)
 
 
@@ -247,8 +250,8 @@ def batch_norm_statistics_kernel(x, axes, epsilon):
     acc = _acc_dtype(x.dtype)
     partial, splits, c, _ = _reduce("StatsAcc", x, None, None, axes)
     mean, var, inv_std = (xp.empty((c,), acc) for _ in range(3))
-    kernels.launch(SOURCE, "bn_stats_finalize<{T}>", x.dtype, kernels.ceil_div(c, FINALIZE_CHANNELS), FINALIZE_BLOCK,
-                   (partial, np.int32(splits), np.int32(c), acc.type(epsilon), mean, var, inv_std))
+    STATS_FINALIZE.launch(x.dtype, kernels.ceil_div(c, FINALIZE_CHANNELS), FINALIZE_BLOCK,
+                          (partial, np.int32(splits), np.int32(c), acc.type(epsilon), mean, var, inv_std))
     return mean, var, inv_std
 
 
@@ -259,8 +262,8 @@ def batch_norm_grad_sums_kernel(x, dy, mean, inv_std, axes, scale=None):
     acc = _acc_dtype(x.dtype)
     partial, splits, c, dx = _reduce("GradAcc" if scale is None else "GradScaleAcc", x, dy, mean, axes, scale)
     sum_dy, sum_dy_xhat = xp.empty((c,), acc), xp.empty((c,), acc)
-    kernels.launch(SOURCE, "bn_grad_finalize<{T}>", x.dtype, kernels.ceil_div(c, FINALIZE_CHANNELS), FINALIZE_BLOCK,
-                   (partial, np.int32(splits), np.int32(c), inv_std, sum_dy, sum_dy_xhat))
+    GRAD_FINALIZE.launch(x.dtype, kernels.ceil_div(c, FINALIZE_CHANNELS), FINALIZE_BLOCK,
+                         (partial, np.int32(splits), np.int32(c), inv_std, sum_dy, sum_dy_xhat))
     return (sum_dy, sum_dy_xhat) if scale is None else (sum_dy, sum_dy_xhat, dx.reshape(x.shape))
 
 

@@ -23,6 +23,10 @@ from ._float16 import narrow as _cast
 from ._float16 import widen as _work
 from ._signature import with_signature
 from ._common import acc_dtype as _acc_dtype
+from ._common import as_3d as _as_3d
+from ._common import geometry_5d as _geometry_5d
+from ._common import int32_args as _int32_args
+from ._common import split_channels as _split_channels
 from ._common import from_channels_last as _from_channels_last
 from ._common import to_channels_last as _to_channels_last
 from .base import Layer
@@ -31,14 +35,17 @@ SOURCE = "pooling.cu"
 BLOCK = 256
 MAX_SAVED_WINDOW = 256  # windows up to this many cells keep a one-byte argmax for backward
 
-kernels.declare(SOURCE, [
-    f"{name}<{{T}}, {cl}>"
-    for name in ("max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward",
-                 "global_pool_forward_rows", "global_pool_forward_cols", "global_avg_backward",
-                 "global_max_backward")
-    for cl in ("true", "false")
-] + [f"pool_{direction}_rows<{{T}}, {is_max}>" for direction in ("forward", "backward")
-       for is_max in ("true", "false")])
+# (CL: channels_last; IS_MAX: max rather than average pooling)
+MAX_POOL_FORWARD = kernels.Kernel(SOURCE, "max_pool_forward", channels_last=bool)
+MAX_POOL_BACKWARD = kernels.Kernel(SOURCE, "max_pool_backward", channels_last=bool)
+AVG_POOL_FORWARD = kernels.Kernel(SOURCE, "avg_pool_forward", channels_last=bool)
+AVG_POOL_BACKWARD = kernels.Kernel(SOURCE, "avg_pool_backward", channels_last=bool)
+POOL_FORWARD_ROWS = kernels.Kernel(SOURCE, "pool_forward_rows", is_max=bool)
+POOL_BACKWARD_ROWS = kernels.Kernel(SOURCE, "pool_backward_rows", is_max=bool)
+GLOBAL_FORWARD_ROWS = kernels.Kernel(SOURCE, "global_pool_forward_rows", is_max=bool)
+GLOBAL_FORWARD_COLS = kernels.Kernel(SOURCE, "global_pool_forward_cols", is_max=bool)
+GLOBAL_AVG_BACKWARD = kernels.Kernel(SOURCE, "global_avg_backward", channels_last=bool)
+GLOBAL_MAX_BACKWARD = kernels.Kernel(SOURCE, "global_max_backward", channels_last=bool)
 ROW_SEGMENTS = 4  # pool_*_rows load up to this many 32-element segments per row (kRowSegments)
 ROW_KERNELS = True  # channels_first takes the warp-per-row kernels where they fit (tests switch it off)
 
@@ -331,31 +338,17 @@ def global_pool_backward(x, dy, op, data_format="channels_last"):
 
 # ----------------------------------------------------------------------------- kernel path
 
-def _geometry_args(x_shape, data_format, pool_size, strides, out, pads):
-    """The 17 int32 geometry arguments of the windowed kernels (5-D view, 3 spatial axes)."""
-    k = len(pool_size)
-    if data_format == "channels_first":
-        n, c, spatial = x_shape[0], x_shape[1], x_shape[2:]
-    else:
-        n, c, spatial = x_shape[0], x_shape[-1], x_shape[1:-1]
-    lead = (1,) * (3 - k)
-    values = (n, c, *lead, *spatial, *lead, *out, *lead, *pool_size, *lead, *strides,
-              *((0,) * (3 - k)), *pads)
-    return tuple(np.int32(v) for v in values)
-
-
-def _cl(data_format):
-    return "true" if data_format == "channels_last" else "false"
-
-
 @functools.lru_cache(maxsize=512)
 def _kernel_geometry(x_shape, pool_size, strides, padding, data_format):
-    """(output shape, the 17 geometry arguments) of a windowed pooling kernel; memoised, so a
-    layer called again on the same shape does no shape arithmetic."""
-    spatial = x_shape[2:] if data_format == "channels_first" else x_shape[1:-1]
+    """(output shape, the 17 int32 geometry arguments) of a windowed pooling kernel: N, C, then
+    per spatial axis of the 5-D view the input size, output size, window, stride and padding
+    before (POOL_GEOM_PARAMS in pooling.cu). Memoised: a layer called again on the same shape
+    does no shape arithmetic."""
+    n, c, spatial = _split_channels(x_shape, data_format)
     out, pads = pool_geometry(spatial, pool_size, strides, padding)
-    y_shape = (x_shape[0], x_shape[1], *out) if data_format == "channels_first" else (x_shape[0], *out, x_shape[-1])
-    return y_shape, _geometry_args(x_shape, data_format, pool_size, strides, out, pads)
+    y_shape = (n, c, *out) if data_format == "channels_first" else (n, *out, c)
+    return y_shape, _geometry_5d(x_shape, data_format) + _int32_args(
+        *_as_3d(out), *_as_3d(pool_size), *_as_3d(strides), *_as_3d(pads, fill=0))
 
 
 def _rows_kernel(x_shape, pool_size, strides, data_format):
@@ -374,8 +367,8 @@ def _rows_backward(pool_size, strides, data_format):
 
 def _launch_backward_rows(is_max, dy, argmax, dx, x_shape, geom):
     warps = math.prod(x_shape[:-1]) * kernels.ceil_div(x_shape[-1], 32)
-    kernels.launch(SOURCE, f"pool_backward_rows<{{T}}, {is_max}>", dy.dtype, kernels.grid_1d(32 * warps, BLOCK),
-                   BLOCK, (dy, argmax, dx, *geom))
+    POOL_BACKWARD_ROWS.launch(dy.dtype, kernels.grid_1d(32 * warps, BLOCK), BLOCK, (dy, argmax, dx, *geom),
+                              is_max=is_max)
 
 
 def max_pool_forward_kernel(x, pool_size, strides, padding, data_format):
@@ -386,22 +379,22 @@ def max_pool_forward_kernel(x, pool_size, strides, padding, data_format):
     y = xp.empty(y_shape, x.dtype)
     save = math.prod(pool_size) <= MAX_SAVED_WINDOW
     argmax = xp.empty(y_shape if save else (1,), np.uint8)
-    _launch_forward("true", "max_pool_forward", x, y, (argmax, np.int32(save)), y_shape, pool_size, strides,
-                    data_format, geom)
+    _launch_forward(True, x, y, (argmax, np.int32(save)), y_shape, pool_size, strides, data_format, geom)
     return y, (argmax if save else None)
 
 
-def _launch_forward(is_max, direct, x, y, extra, y_shape, pool_size, strides, data_format, geom):
+def _launch_forward(is_max, x, y, extra, y_shape, pool_size, strides, data_format, geom):
     """Launch the row kernel (channels_first, strided columns) or the direct one."""
     if _rows_kernel(x.shape, pool_size, strides, data_format):
         # a warp per output row chunk of 32 (rows of up to 32 outputs: a block per 8 rows); BLOCK
         # threads, as kRowsBlock in pooling.cu
         warps = math.prod(y_shape[:-1]) * kernels.ceil_div(y_shape[-1], 32)
-        kernels.launch(SOURCE, f"pool_forward_rows<{{T}}, {is_max}>", x.dtype, kernels.grid_1d(32 * warps, BLOCK),
-                       BLOCK, (x, y, *extra, *geom))
+        POOL_FORWARD_ROWS.launch(x.dtype, kernels.grid_1d(32 * warps, BLOCK), BLOCK, (x, y, *extra, *geom),
+                                 is_max=is_max)
     else:
-        kernels.launch(SOURCE, f"{direct}<{{T}}, {_cl(data_format)}>", x.dtype, kernels.grid_1d(y.size, BLOCK),
-                       BLOCK, (x, y, *(extra if is_max == "true" else ()), *geom))
+        direct = MAX_POOL_FORWARD if is_max else AVG_POOL_FORWARD
+        direct.launch(x.dtype, kernels.grid_1d(y.size, BLOCK), BLOCK, (x, y, *(extra if is_max else ()), *geom),
+                      channels_last=data_format == "channels_last")
 
 
 def max_pool_backward_kernel(x, argmax, dy, pool_size, strides, padding, data_format):
@@ -411,11 +404,11 @@ def max_pool_backward_kernel(x, argmax, dy, pool_size, strides, padding, data_fo
     dx = xp.empty(x.shape, x.dtype)
     saved = argmax is not None
     if saved and _rows_backward(pool_size, strides, data_format):
-        _launch_backward_rows("true", dy, argmax, dx, x.shape, geom)
+        _launch_backward_rows(True, dy, argmax, dx, x.shape, geom)
         return dx
-    kernels.launch(SOURCE, f"max_pool_backward<{{T}}, {_cl(data_format)}>", x.dtype,
-                   kernels.grid_1d(x.size, BLOCK), BLOCK,
-                   (x, argmax if saved else xp.empty((1,), np.uint8), np.int32(saved), dy, dx, *geom))
+    MAX_POOL_BACKWARD.launch(x.dtype, kernels.grid_1d(x.size, BLOCK), BLOCK,
+                             (x, argmax if saved else xp.empty((1,), np.uint8), np.int32(saved), dy, dx, *geom),
+                             channels_last=data_format == "channels_last")
     return dx
 
 
@@ -426,7 +419,7 @@ def avg_pool_forward_kernel(x, pool_size, strides, padding, data_format):
     y = xp.empty(y_shape, x.dtype)
     no_argmax = (xp.empty((1,), np.uint8), np.int32(0)) if _rows_kernel(x.shape, pool_size, strides, data_format) \
         else ()
-    _launch_forward("false", "avg_pool_forward", x, y, no_argmax, y_shape, pool_size, strides, data_format, geom)
+    _launch_forward(False, x, y, no_argmax, y_shape, pool_size, strides, data_format, geom)
     return y
 
 
@@ -436,10 +429,10 @@ def avg_pool_backward_kernel(x_shape, dy, pool_size, strides, padding, data_form
     _, geom = _kernel_geometry(tuple(x_shape), pool_size, strides, padding, data_format)
     dx = xp.empty(x_shape, dy.dtype)
     if _rows_backward(pool_size, strides, data_format):
-        _launch_backward_rows("false", dy, xp.empty((1,), np.uint8), dx, x_shape, geom)
+        _launch_backward_rows(False, dy, xp.empty((1,), np.uint8), dx, x_shape, geom)
         return dx
-    kernels.launch(SOURCE, f"avg_pool_backward<{{T}}, {_cl(data_format)}>", dy.dtype,
-                   kernels.grid_1d(dx.size, BLOCK), BLOCK, (dy, dx, *geom))
+    AVG_POOL_BACKWARD.launch(dy.dtype, kernels.grid_1d(dx.size, BLOCK), BLOCK, (dy, dx, *geom),
+                             channels_last=data_format == "channels_last")
     return dx
 
 
@@ -467,17 +460,16 @@ def global_pool_forward_kernel(x, op, data_format, keepdims):
                          f"2**31 on the kernel path (positions are 32-bit). Received: inputs.shape={tuple(x.shape)}")
     y = xp.empty((n, c), x.dtype)
     argmax = xp.empty((n, c) if op == "max" else (1,), np.int32)
-    is_max = "true" if op == "max" else "false"
+    is_max = op == "max"
     if data_format == "channels_first":
-        kernels.launch(SOURCE, f"global_pool_forward_rows<{{T}}, {is_max}>", x.dtype,
-                       min(n * c, 2**20), _rows_block(length), (x, y, argmax, np.int64(n * c), np.int64(length)))
+        GLOBAL_FORWARD_ROWS.launch(x.dtype, min(n * c, 2**20), _rows_block(length),
+                                   (x, y, argmax, np.int64(n * c), np.int64(length)), is_max=is_max)
     else:
         threads, per_block = _cols_block(length, c)
         state = (8 if x.dtype == np.float64 else 4) + (4 if op == "max" else 0)  # bytes per thread
-        kernels.launch(SOURCE, f"global_pool_forward_cols<{{T}}, {is_max}>", x.dtype,
-                       n * kernels.ceil_div(c, per_block), threads,
-                       (x, y, argmax, np.int32(n), np.int32(c), np.int64(length), np.int32(per_block)),
-                       shared_mem=threads * state)
+        GLOBAL_FORWARD_COLS.launch(x.dtype, n * kernels.ceil_div(c, per_block), threads,
+                                   (x, y, argmax, np.int32(n), np.int32(c), np.int64(length), np.int32(per_block)),
+                                   shared_mem=threads * state, is_max=is_max)
     if keepdims:
         ones = (1,) * (x.ndim - 2)
         y = y.reshape((n, c, *ones) if data_format == "channels_first" else (n, *ones, c))
@@ -492,12 +484,10 @@ def global_pool_backward_kernel(x_shape, argmax, dy, op, data_format):
     length = math.prod(x_shape[2:] if data_format == "channels_first" else x_shape[1:-1])
     dx = xp.empty(x_shape, dy.dtype)
     geometry = (np.int32(n), np.int32(c), np.int64(length))
-    if op == "avg":
-        kernels.launch(SOURCE, f"global_avg_backward<{{T}}, {_cl(data_format)}>", dy.dtype,
-                       kernels.grid_1d(dx.size, BLOCK), BLOCK, (dy, dx, *geometry))
-    else:
-        kernels.launch(SOURCE, f"global_max_backward<{{T}}, {_cl(data_format)}>", dy.dtype,
-                       kernels.grid_1d(dx.size, BLOCK), BLOCK, (dy, argmax, dx, *geometry))
+    arrays = (dy, dx) if op == "avg" else (dy, argmax, dx)
+    (GLOBAL_AVG_BACKWARD if op == "avg" else GLOBAL_MAX_BACKWARD).launch(
+        dy.dtype, kernels.grid_1d(dx.size, BLOCK), BLOCK, (*arrays, *geometry),
+        channels_last=data_format == "channels_last")
     return dx
 
 

@@ -40,13 +40,18 @@ from .base import Layer
 
 SOURCE = "recurrent.cu"
 BLOCK = 256
-ACTIVATIONS = ("linear", "tanh", "sigmoid", "relu", "hard_sigmoid")  # index = code in recurrent.cu
-CELLS = ("simple_rnn", "lstm", "gru", "gru_reset_before")  # index = CELL in recurrent.cu
+ACTIVATIONS = ("linear", "tanh", "sigmoid", "relu", "hard_sigmoid")  # those the reference implements
+CELLS = ("simple_rnn", "lstm", "gru", "gru_reset_before")
 GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3, "gru_reset_before": 3}
 
-kernels.declare(SOURCE, [f"rnn_step_forward<{{T}}, {k}>" for k in range(4)]
-                + [f"rnn_step_backward<{{T}}, {k}>" for k in range(4)]
-                + ["gru_reset_gate_forward<{T}>", "gru_reset_gate_backward<{T}>"])
+# recurrent.cu's enums, read from the source by name: the cell is a template argument
+# (Cell::lstm), an activation a runtime int argument (its Activation value).
+Cell = kernels.cuda_enum(SOURCE, "Cell")
+Activation = kernels.cuda_enum(SOURCE, "Activation")
+STEP_FORWARD = kernels.Kernel(SOURCE, "rnn_step_forward", cell=Cell)
+STEP_BACKWARD = kernels.Kernel(SOURCE, "rnn_step_backward", cell=Cell)
+RESET_GATE_FORWARD = kernels.Kernel(SOURCE, "gru_reset_gate_forward")
+RESET_GATE_BACKWARD = kernels.Kernel(SOURCE, "gru_reset_gate_backward")
 
 
 @dataclass(frozen=True)
@@ -774,12 +779,13 @@ class Bidirectional(Layer):
 
 # ----------------------------------------------------------------------------- kernel path
 
-def _launch(name, dtype, total, args):
-    kernels.launch(SOURCE, name, dtype, kernels.grid_1d(total, BLOCK), BLOCK, args)
+def _launch(kernel, dtype, total, args, **template):
+    kernel.launch(dtype, kernels.grid_1d(total, BLOCK), BLOCK, args, **template)
 
 
 def _codes(spec):
-    return np.int32(ACTIVATIONS.index(spec.activation)), np.int32(ACTIVATIONS.index(spec.recurrent_activation))
+    """The activation arguments: recurrent.cu's Activation values of the spec's two names."""
+    return np.int32(Activation[spec.activation]), np.int32(Activation[spec.recurrent_activation])
 
 
 def rnn_forward_kernel(spec, x, kernel, recurrent_kernel, bias=None, initial_state=None, mask=None):
@@ -787,7 +793,7 @@ def rnn_forward_kernel(spec, x, kernel, recurrent_kernel, bias=None, initial_sta
     xp = kernels.array_module(x)
     acc = _acc_dtype(x.dtype)
     u, gates = spec.units, spec.gates
-    cell = CELLS.index(spec.cell)
+    cell = Cell[spec.cell]
     xs = xp.swapaxes(x, 0, 1)
     ms = None if mask is None else xp.swapaxes(mask, 0, 1)
     if spec.go_backwards:
@@ -820,16 +826,16 @@ def rnn_forward_kernel(spec, x, kernel, recurrent_kernel, bias=None, initial_sta
         c_prev, c_next = (c_all[t], c_all[t + 1]) if c_all is not None else (h, h_all[t + 1])  # unused if no c
         if spec.cell == "gru_reset_before":
             hu = xp.matmul(h, U[:, :2 * u])
-            _launch("gru_reset_gate_forward<{T}>", x.dtype, batch * u,
+            _launch(RESET_GATE_FORWARD, x.dtype, batch * u,
                     (xw[t], hu, h, pre[t], extra[t], *dims, ract))
             hu = xp.matmul(extra[t], U[:, 2 * u:])
         else:
             hu = xp.matmul(h, U)
             if b_rec is not None:
                 hu += b_rec.astype(acc, copy=False)
-        _launch(f"rnn_step_forward<{{T}}, {cell}>", x.dtype, batch * u,
+        _launch(STEP_FORWARD, x.dtype, batch * u,
                 (xw[t], hu, h, c_prev, mask_t, has_mask, pre[t], extra[t], h_all[t + 1], c_next,
-                 outputs[t], *dims, act, ract, np.int32(spec.zero_output_for_mask)))
+                 outputs[t], *dims, act, ract, np.int32(spec.zero_output_for_mask)), cell=cell)
     saved = RnnSaved(xs=xs, mask=ms if mask is not None else None, pre=pre, h_prev=h_all[:-1],
                      c_prev=None if c_all is None else c_all[:-1], extra=extra, W=W, U=U, dtype=x.dtype,
                      has_bias=bias is not None)
@@ -843,7 +849,7 @@ def rnn_backward_kernel(spec, saved, d_outputs, d_states):
     xp = kernels.array_module(xs)
     acc = xs.dtype
     u = spec.units
-    cell = CELLS.index(spec.cell)
+    cell = Cell[spec.cell]
     steps, batch = xs.shape[:2]
     dh = xp.zeros((batch, u), acc) if d_states[0] is None else xp.ascontiguousarray(d_states[0], dtype=acc)
     dc = None
@@ -861,13 +867,14 @@ def rnn_backward_kernel(spec, saved, d_outputs, d_states):
         mask_t = saved.mask[t] if saved.mask is not None else no_mask
         dh_direct = xp.empty_like(dh)
         dc_prev = xp.empty_like(dh) if dc is not None else dh_direct
-        _launch(f"rnn_step_backward<{{T}}, {cell}>", saved.dtype, batch * u,
+        _launch(STEP_BACKWARD, saved.dtype, batch * u,
                 (d_outputs[t], pre[t], saved.extra[t], saved.h_prev[t],
                  saved.c_prev[t] if dc is not None else dh, mask_t, has_mask, dh, dc if dc is not None else dh,
-                 d_xw[t], d_inner[t], dh_direct, dc_prev, *dims, act, ract, np.int32(spec.zero_output_for_mask)))
+                 d_xw[t], d_inner[t], dh_direct, dc_prev, *dims, act, ract, np.int32(spec.zero_output_for_mask)),
+                cell=cell)
         if spec.cell == "gru_reset_before":
             d_rh = xp.matmul(d_xw[t, :, 2 * u:], U[:, 2 * u:].T)
-            _launch("gru_reset_gate_backward<{T}>", saved.dtype, batch * u,
+            _launch(RESET_GATE_BACKWARD, saved.dtype, batch * u,
                     (d_rh, pre[t], saved.h_prev[t], d_xw[t], dh_direct, *dims, ract))
             dh = dh_direct + xp.matmul(d_xw[t, :, :2 * u], U[:, :2 * u].T)
         else:

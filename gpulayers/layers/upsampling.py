@@ -16,6 +16,9 @@ import math
 import numpy as np
 
 from .. import kernels, validation
+from ._common import as_3d as _as_3d
+from ._common import geometry_5d as _geometry_5d
+from ._common import int32_args as _int32_args
 from ._float16 import narrow, widen
 from ._signature import with_signature
 from .base import Layer
@@ -24,13 +27,14 @@ SOURCE = "upsampling.cu"
 BLOCK = 256
 VEC_BYTES = 16  # channels_last nearest kernels move 16-byte vectors when C allows
 
-kernels.declare(SOURCE, [
-    f"{name}<{{T}}, {cl}, {vec}>"
-    for name in ("upsample_nearest_forward", "upsample_nearest_backward")
-    for cl, vecs in (("true", "1 2 4 8"), ("false", "1")) for vec in vecs.split()
-] + [f"{name}<{{T}}, {cl}>" for name in ("upsample_bilinear_forward", "upsample_bilinear_backward")
-     for cl in ("true", "false")] + ["upsample_nearest_forward_rows<{T}>", "upsample_nearest_backward_rows<{T}>",
-                                     "upsample_bilinear_backward_rows<{T}>"])
+# (CL: channels_last; VEC: channels per thread, 16-byte vectors where C and the pointers allow)
+NEAREST_FORWARD = kernels.Kernel(SOURCE, "upsample_nearest_forward", channels_last=bool, vec=(1, 2, 4, 8))
+NEAREST_BACKWARD = kernels.Kernel(SOURCE, "upsample_nearest_backward", channels_last=bool, vec=(1, 2, 4, 8))
+BILINEAR_FORWARD = kernels.Kernel(SOURCE, "upsample_bilinear_forward", channels_last=bool)
+BILINEAR_BACKWARD = kernels.Kernel(SOURCE, "upsample_bilinear_backward", channels_last=bool)
+NEAREST_FORWARD_ROWS = kernels.Kernel(SOURCE, "upsample_nearest_forward_rows")
+BACKWARD_ROWS = {"nearest": kernels.Kernel(SOURCE, "upsample_nearest_backward_rows"),
+                 "bilinear": kernels.Kernel(SOURCE, "upsample_bilinear_backward_rows")}
 ROW_SEGMENTS = 4  # the *_rows kernels load up to this many 32-element segments per row (kRowSegments)
 ROW_KERNELS = True  # channels_first backward takes the warp-per-row kernels where they fit (tests switch it off)
 
@@ -199,13 +203,7 @@ def upsample_bilinear_backward(dy, size, data_format="channels_last"):
 @functools.lru_cache(maxsize=512)
 def _kernel_args(in_shape, size, data_format):
     """The 8 int32 arguments (N, C, D, H, W, SD, SH, SW) of the upsampling kernels."""
-    k = len(size)
-    if data_format == "channels_first":
-        n, c, spatial = in_shape[0], in_shape[1], in_shape[2:]
-    else:
-        n, c, spatial = in_shape[0], in_shape[-1], in_shape[1:-1]
-    lead = (1,) * (3 - k)
-    return tuple(np.int32(v) for v in (n, c, *lead, *spatial, *lead, *size))
+    return _geometry_5d(in_shape, data_format) + _int32_args(*_as_3d(size))
 
 
 def _vector_width(arrays, channels, data_format, itemsize):
@@ -236,20 +234,18 @@ def upsample_kernel(x, size, data_format, interpolation="nearest"):
     x = xp.ascontiguousarray(x)
     y = xp.empty(_out_shape(x.shape, size, data_format), x.dtype)
     args = _kernel_args(tuple(x.shape), size, data_format)
-    cl = "true" if data_format == "channels_last" else "false"
+    cl = data_format == "channels_last"
     if interpolation == "nearest" and ROW_KERNELS and data_format == "channels_first":
         # a warp per 32 words of input columns of a row: loaded once, repeated into the output rows
         per_warp = 32 * max(1, 4 // x.dtype.itemsize)
         warps = math.prod(x.shape[:-1]) * kernels.ceil_div(x.shape[-1], per_warp)
-        kernels.launch(SOURCE, "upsample_nearest_forward_rows<{T}>", x.dtype, kernels.grid_1d(32 * warps, BLOCK),
-                       BLOCK, (x, y, *args))
+        NEAREST_FORWARD_ROWS.launch(x.dtype, kernels.grid_1d(32 * warps, BLOCK), BLOCK, (x, y, *args))
     elif interpolation == "nearest":
         vec = _vector_width((x, y), int(args[1]), data_format, x.dtype.itemsize)
-        kernels.launch(SOURCE, f"upsample_nearest_forward<{{T}}, {cl}, {vec}>", x.dtype,
-                       kernels.grid_1d(y.size // vec, BLOCK), BLOCK, (x, y, *args))
+        NEAREST_FORWARD.launch(x.dtype, kernels.grid_1d(y.size // vec, BLOCK), BLOCK, (x, y, *args),
+                               channels_last=cl, vec=vec)
     else:
-        kernels.launch(SOURCE, f"upsample_bilinear_forward<{{T}}, {cl}>", x.dtype,
-                       kernels.grid_1d(y.size, BLOCK), BLOCK, (x, y, *args))
+        BILINEAR_FORWARD.launch(x.dtype, kernels.grid_1d(y.size, BLOCK), BLOCK, (x, y, *args), channels_last=cl)
     return y
 
 
@@ -259,22 +255,21 @@ def upsample_backward_kernel(dy, x_shape, size, data_format, interpolation="near
     dy = xp.ascontiguousarray(dy)
     dx = xp.empty(x_shape, dy.dtype)
     args = _kernel_args(tuple(x_shape), size, data_format)
-    cl = "true" if data_format == "channels_last" else "false"
+    cl = data_format == "channels_last"
     factor = size[-1]  # along the contiguous axis of channels_first rows
     span = 32 * factor if interpolation == "nearest" else 34 * factor
     if ROW_KERNELS and data_format == "channels_first" and span + 3 <= 32 * ROW_SEGMENTS:
         # a warp per 32 input columns of a row: the dy columns it reads are loaded once, coalesced
         warps = math.prod(x_shape[:-1]) * kernels.ceil_div(x_shape[-1], 32)
-        kernels.launch(SOURCE, f"upsample_{interpolation}_backward_rows<{{T}}>", dy.dtype,
-                       kernels.grid_1d(32 * warps, BLOCK), BLOCK, (dy, dx, *args))
+        BACKWARD_ROWS[interpolation].launch(dy.dtype, kernels.grid_1d(32 * warps, BLOCK), BLOCK, (dy, dx, *args))
         return dx
     if interpolation == "nearest":
         vec = _vector_width((dy, dx), int(args[1]), data_format, dy.dtype.itemsize)
-        kernels.launch(SOURCE, f"upsample_nearest_backward<{{T}}, {cl}, {vec}>", dy.dtype,
-                       kernels.grid_1d(dx.size // vec, BLOCK), BLOCK, (dy, dx, *args))
+        NEAREST_BACKWARD.launch(dy.dtype, kernels.grid_1d(dx.size // vec, BLOCK), BLOCK, (dy, dx, *args),
+                                channels_last=cl, vec=vec)
     else:
-        kernels.launch(SOURCE, f"upsample_bilinear_backward<{{T}}, {cl}>", dy.dtype,
-                       kernels.grid_1d(dx.size, BLOCK), BLOCK, (dy, dx, *args))
+        BILINEAR_BACKWARD.launch(dy.dtype, kernels.grid_1d(dx.size, BLOCK), BLOCK, (dy, dx, *args),
+                                 channels_last=cl)
     return dx
 
 
