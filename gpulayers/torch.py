@@ -39,10 +39,13 @@ from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 import gpulayers as _gl
 from gpulayers import distributed, kernels, validation
 from gpulayers.layers import convolution as _conv
+from gpulayers.layers._common import acc_dtype as _acc_dtype
 from gpulayers.layers import core as _core
 from gpulayers.layers import normalization as _bn
 from gpulayers.layers import pooling as _pool
 from gpulayers.layers import recurrent as _rnn
+from gpulayers.layers import recurrent_kernels as _rnn_kernels
+from gpulayers.layers import recurrent_reference as _rnn_reference
 from gpulayers.layers import torch_weights as _torch_weights
 from gpulayers.layers import upsampling as _up
 
@@ -351,7 +354,7 @@ def batch_norm_forward(x: Tensor, gamma: Optional[Tensor], beta: Optional[Tensor
     with _device_of(x):
         xa = _array(x)
         xp, on_kernels = kernels.kernel_path(xa)
-        acc = _bn._acc_dtype(xa.dtype)
+        acc = _acc_dtype(xa.dtype)
         shape = tuple(xa.shape[a] for a in axes)
         b = _bn._broadcast_shape(xa.shape, axes)
         g = _array(gamma).astype(acc, copy=False) if gamma is not None else xp.ones(shape, acc)
@@ -404,7 +407,7 @@ def batch_norm_backward(x: Tensor, dy: Tensor, gamma: Optional[Tensor], mean: Te
     with _device_of(x):
         xa, dya = _array(x), _array(dy)
         xp, on_kernels = kernels.kernel_path(xa)
-        acc = _bn._acc_dtype(xa.dtype)
+        acc = _acc_dtype(xa.dtype)
         shape = tuple(mean.shape)
         b = _bn._broadcast_shape(xa.shape, axes)
         ma, inv = _array(mean), _array(inv_std)
@@ -466,7 +469,7 @@ torch.library.register_autograd("gpulayers::batch_norm_backward",
 # ----------------------------------------------------------------------------- recurrent ops
 
 def _spec(cell, units, activation, recurrent_activation, go_backwards, zero_output_for_mask):
-    return _rnn.Spec(cell, units, activation, recurrent_activation, go_backwards, zero_output_for_mask)
+    return _rnn_reference.Spec(cell, units, activation, recurrent_activation, go_backwards, zero_output_for_mask)
 
 
 @torch.library.custom_op("gpulayers::rnn_forward", mutates_args=())
@@ -489,7 +492,7 @@ def rnn_forward(x: Tensor, kernel: Tensor, recurrent_kernel: Tensor, bias: Optio
         xa = _array(x)
         _, on_kernels = kernels.kernel_path(xa)
         states0 = None if h0 is None else [_array(h0)] + ([_array(c0)] if c0 is not None else [])
-        fn = _rnn.rnn_forward_kernel if on_kernels else _rnn.rnn_forward
+        fn = _rnn_kernels.rnn_forward_kernel if on_kernels else _rnn_reference.rnn_forward
         outputs, states, saved = fn(spec, xa, _array(kernel), _array(recurrent_kernel), _array(bias), states0,
                                     _array(mask))
         none = _empty(x)
@@ -509,7 +512,7 @@ def _rnn_forward_fake(x, kernel, recurrent_kernel, bias, h0, c0, mask, cell, uni
     lstm = cell == "lstm"
     return (x.new_empty((steps, batch, units)), x.new_empty((batch, units)),
             x.new_empty((batch, units) if lstm else (0,)),
-            x.new_empty((steps, batch, _rnn.GATES[cell] * units), dtype=acc),
+            x.new_empty((steps, batch, _rnn_reference.GATES[cell] * units), dtype=acc),
             x.new_empty((steps, batch, units), dtype=acc),
             x.new_empty((steps, batch, units) if lstm else (0,), dtype=acc),
             x.new_empty((steps, batch, units), dtype=acc))
@@ -518,7 +521,7 @@ def _rnn_forward_fake(x, kernel, recurrent_kernel, bias, h0, c0, mask, cell, uni
 def _rnn_saved(spec, xa, W, U, mask, pre, h_prev, c_prev, extra, has_bias, on_kernels):
     """The forward's :class:`~gpulayers.layers.recurrent.RnnSaved` record, rebuilt from the op's outputs."""
     xp = kernels.array_module(xa)
-    acc = _rnn._acc_dtype(xa.dtype)
+    acc = _acc_dtype(xa.dtype)
     xs = xp.swapaxes(xa, 0, 1)
     ms = None if mask is None else xp.swapaxes(mask, 0, 1)
     if spec.go_backwards:
@@ -528,7 +531,7 @@ def _rnn_saved(spec, xa, W, U, mask, pre, h_prev, c_prev, extra, has_bias, on_ke
         ms = None if ms is None else xp.ascontiguousarray(ms, dtype=np.uint8)
     else:
         xs = xs.astype(acc)
-    return _rnn.RnnSaved(xs=xs, mask=ms, pre=pre, h_prev=h_prev, c_prev=c_prev, extra=extra,
+    return _rnn_reference.RnnSaved(xs=xs, mask=ms, pre=pre, h_prev=h_prev, c_prev=c_prev, extra=extra,
                          W=W.astype(acc, copy=False), U=U.astype(acc, copy=False), dtype=xa.dtype, has_bias=has_bias)
 
 
@@ -552,7 +555,7 @@ def rnn_backward(d_outputs: Tensor, dh: Tensor, dc: Tensor, x: Tensor, kernel: T
                            _array(h_prev), _array(c_prev) if lstm else None, _array(extra), bias is not None,
                            on_kernels)
         d_states = [_array(dh)] + ([_array(dc)] if lstm else [])
-        fn = _rnn.rnn_backward_kernel if on_kernels else _rnn.rnn_backward
+        fn = _rnn_kernels.rnn_backward_kernel if on_kernels else _rnn_reference.rnn_backward
         dx, d_init, grads = fn(spec, saved, _array(d_outputs), d_states)
         inputs = [_array(t) for t in (d_outputs, dh, dc, x)]
         none = _empty(kernel)
@@ -764,7 +767,7 @@ def activation_forward(x: Tensor, activation: str) -> Tensor:
     """activation(x), computed in float32 for float16 inputs; softmax over the last axis."""
     with _device_of(x):
         xa = _array(x)
-        y = _core.activation_forward(activation, xa.astype(_core.acc_dtype(xa.dtype)))
+        y = _core.activation_forward(activation, xa.astype(_acc_dtype(xa.dtype)))
         return _tensor(y.astype(xa.dtype, copy=False), [xa])
 
 
@@ -778,7 +781,7 @@ def activation_backward(dy: Tensor, x: Tensor, activation: str) -> Tensor:
     """d(loss)/dx of :func:`activation_forward` (the activation recomputed from x)."""
     with _device_of(x):
         xa, dya = _array(x), _array(dy)
-        acc = _core.acc_dtype(xa.dtype)
+        acc = _acc_dtype(xa.dtype)
         dx = _act_grad(activation, dya.astype(acc), xa.astype(acc))
         return _tensor(dx.astype(dya.dtype, copy=False), [xa, dya])
 
@@ -817,7 +820,7 @@ def dropout_forward(x: Tensor, rate: float, seed: Tensor) -> Tuple[Tensor, Tenso
         else:
             u = xp.random.RandomState(seed).random_sample(xa.shape, dtype=np.float32)
         keep = u >= rate
-        scale = _core.acc_dtype(xa.dtype).type(1 / (1 - rate))
+        scale = _acc_dtype(xa.dtype).type(1 / (1 - rate))
         y = (xa * keep * scale).astype(xa.dtype, copy=False)
         return _tensor(y, [xa]), _tensor(keep.astype(np.uint8), [xa])
 
@@ -833,7 +836,7 @@ def dropout_backward(dy: Tensor, keep: Tensor, rate: float) -> Tensor:
     """d(loss)/dx of :func:`dropout_forward`: dy * keep / (1 - rate), with the forward's mask."""
     with _device_of(dy):
         dya, ka = _array(dy), _array(keep)
-        scale = _core.acc_dtype(dya.dtype).type(1 / (1 - rate))
+        scale = _acc_dtype(dya.dtype).type(1 / (1 - rate))
         return _tensor((dya * ka.astype(bool) * scale).astype(dya.dtype, copy=False), [dya, ka])
 
 

@@ -7,7 +7,7 @@ import pytest
 
 import gpulayers as gl
 from gpulayers import kernels, paths
-from gpulayers.layers import recurrent
+from gpulayers.layers import recurrent, recurrent_kernels
 from gpulayers.testing import assert_close
 
 
@@ -106,9 +106,10 @@ def test_cuda_enum_reads_names_and_values_from_the_source(cuda_copy):
 
 
 def test_recurrent_enums_name_what_the_reference_implements():
-    assert [m.name for m in recurrent.Cell] and {m.name for m in recurrent.Cell} == set(recurrent.CELLS)
-    assert {m.name for m in recurrent.Activation} == set(recurrent.ACTIVATIONS)
-    assert recurrent.STEP_FORWARD.template(cell=recurrent.Cell.lstm) == "rnn_step_forward<{T}, Cell::lstm>"
+    cell, activation = recurrent_kernels.Cell, recurrent_kernels.Activation
+    assert [m.name for m in cell] and {m.name for m in cell} == set(recurrent.CELLS)
+    assert {m.name for m in activation} == set(recurrent.ACTIVATIONS)
+    assert recurrent_kernels.STEP_FORWARD.template(cell=cell.lstm) == "rnn_step_forward<{T}, Cell::lstm>"
 
 
 @pytest.mark.parametrize("cls,kw", [
@@ -127,7 +128,7 @@ def test_recurrent_codes_follow_the_source_not_an_order(cls, kw, cuda_copy, monk
     reordered = kernels.cuda_enum("recurrent.cu", "Activation")
     assert {m.name: int(m) for m in reordered} == {"hard_sigmoid": 7, "relu": 8, "tanh": 9, "linear": 10,
                                                    "sigmoid": 11}  # none keeps its value
-    monkeypatch.setattr(recurrent, "Activation", reordered)
+    monkeypatch.setattr(recurrent_kernels, "Activation", reordered)
     x = rng.standard_normal((3, 5, 4)).astype(np.float32)
     layer = cls(7, return_sequences=True, **kw)
     y_ref = layer(x)
