@@ -8,10 +8,12 @@ launcher runs it.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import enum
 import functools
 import hashlib
+import operator
 import os
 import re
 import threading
@@ -140,6 +142,46 @@ def cuda_enum(source: str, name: str) -> type[enum.IntEnum]:
             value += 1
         return enum.IntEnum(name, members)
     raise LookupError(f"gpulayers: cuda/{source} defines no `enum class {name}`")
+
+
+_CONSTEXPR = re.compile(r"\bconstexpr\s+int\s+([^;{}]*);")
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.floordiv,
+              ast.FloorDiv: operator.floordiv}
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_constant(source: str, name: str) -> int:
+    """The value of ``constexpr int name = ...;`` in ``cuda/<source>`` (or ``cuda/common.cuh``
+    when the source lacks it); each such name is declared once in a file.
+
+    Launch configurations read the block sizes and tile sizes a kernel assumes from here, so
+    the two cannot drift apart. The initialiser may use integer literals, earlier constants
+    of the same file and ``+ - * /``; a declaration may list several, comma-separated."""
+    for file in (source, "common.cuh"):
+        text = cuda_dir().joinpath(file).read_text()
+        text = re.sub(r"//[^\n]*|/\*.*?\*/", "", text, flags=re.S)
+        values: dict[str, int] = {}
+        for declaration in _CONSTEXPR.findall(text):
+            for item in declaration.split(","):
+                key, _, init = (part.strip() for part in item.partition("="))
+                if re.fullmatch(r"\w+", key) and init:
+                    try:
+                        values[key] = _integer_expression(ast.parse(init, mode="eval").body, values)
+                    except (SyntaxError, ValueError):
+                        continue  # not a plain integer expression (a template, a cast): not a constant we read
+        if name in values:
+            return values[name]
+    raise LookupError(f"gpulayers: cuda/{source} defines no `constexpr int {name}` with an integer value")
+
+
+def _integer_expression(node, names) -> int:
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if isinstance(node, ast.Name) and node.id in names:
+        return names[node.id]
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_integer_expression(node.left, names), _integer_expression(node.right, names))
+    raise ValueError("not an integer expression")
 
 
 def declared() -> dict[str, tuple[str, ...]]:

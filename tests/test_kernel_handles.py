@@ -31,12 +31,14 @@ def cuda_copy(tmp_path, monkeypatch):
 
     def write(name, text):
         (tmp_path / name).write_text(text)
-        kernels._read_source.cache_clear()
-        kernels.cuda_enum.cache_clear()
+        _clear()
+
+    def _clear():
+        for cached in (kernels._read_source, kernels.cuda_enum, kernels.cuda_constant):
+            cached.cache_clear()
 
     yield write
-    kernels._read_source.cache_clear()
-    kernels.cuda_enum.cache_clear()
+    _clear()
 
 
 def test_a_handle_declares_every_combination_in_order(scratch_source):
@@ -141,3 +143,23 @@ def test_recurrent_codes_follow_the_source_not_an_order(cls, kw, cuda_copy, monk
     assert_close(dx, dx_ref, what="dx")
     for name in grads_ref:
         assert_close(layer.grads[name], grads_ref[name], what=name)
+
+
+def test_cuda_constant_reads_integer_constants(cuda_copy):
+    cuda_copy("constants_test_only.cu", "\n".join([
+        "// constexpr int kCommented = 3;",
+        "constexpr int kA = 8, kB = 128, kAB = kA * kB;  /* several in one declaration */",
+        "constexpr int kMixed = (kB - kA) / 3 + 0x10;",
+        "template <int N> constexpr int kTemplated = N * 2;",
+        "constexpr int kCast = static_cast<int>(2.5);",
+        "__device__ void f() { constexpr int kLocal = 5; }",
+    ]))
+    common = (kernels.cuda_dir() / "common.cuh").read_text()
+    cuda_copy("common.cuh", common + "\nconstexpr int kFromCommonOnly = 32;\n")
+    expected = {"kA": 8, "kB": 128, "kAB": 1024, "kMixed": 56, "kLocal": 5}
+    assert {name: kernels.cuda_constant("constants_test_only.cu", name) for name in expected} == expected
+    assert kernels.cuda_constant("constants_test_only.cu", "kFromCommonOnly") == 32
+    for missing in ("kCommented", "kTemplated", "kCast", "kAbsent"):
+        with pytest.raises(LookupError, match=f"defines no `constexpr int {missing}`"):
+            kernels.cuda_constant("constants_test_only.cu", missing)
+

@@ -29,7 +29,9 @@ SOURCE = "batchnorm.cu"
 BLOCK = 256
 
 ROWS = 32  # bn_reduce_rows: a block of ROWS x 32 threads (the template argument ties the two)
-FINALIZE_CHANNELS, FINALIZE_BLOCK = 8, 1024  # bn_*_finalize: 128 rows of splits x 8 channels (batchnorm.cu)
+# bn_*_finalize: a block of rows of splits x FINALIZE_CHANNELS channels (read from batchnorm.cu)
+FINALIZE_CHANNELS = kernels.cuda_constant(SOURCE, "FINALIZE_CHANNELS")
+FINALIZE_BLOCK = kernels.cuda_constant(SOURCE, "FINALIZE_THREADS")
 
 # The accumulator a reduction carries: (count, mean, M2) for the statistics; (sum dy, sum dy * xhat)
 # for the gradient, optionally also writing dx = dy * scale in the same pass.

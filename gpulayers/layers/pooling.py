@@ -46,7 +46,9 @@ GLOBAL_FORWARD_ROWS = kernels.Kernel(SOURCE, "global_pool_forward_rows", is_max=
 GLOBAL_FORWARD_COLS = kernels.Kernel(SOURCE, "global_pool_forward_cols", is_max=bool)
 GLOBAL_AVG_BACKWARD = kernels.Kernel(SOURCE, "global_avg_backward", channels_last=bool)
 GLOBAL_MAX_BACKWARD = kernels.Kernel(SOURCE, "global_max_backward", channels_last=bool)
-ROW_SEGMENTS = 4  # pool_*_rows load up to this many 32-element segments per row (kRowSegments)
+# read from pooling.cu: the rows kernels' block size, and the 32-element segments a warp loads per row
+ROWS_BLOCK = kernels.cuda_constant(SOURCE, "kRowsBlock")
+ROW_SEGMENTS = kernels.cuda_constant(SOURCE, "kRowSegments")
 ROW_KERNELS = True  # channels_first takes the warp-per-row kernels where they fit (tests switch it off)
 
 
@@ -367,8 +369,8 @@ def _rows_backward(pool_size, strides, data_format):
 
 def _launch_backward_rows(is_max, dy, argmax, dx, x_shape, geom):
     warps = math.prod(x_shape[:-1]) * kernels.ceil_div(x_shape[-1], 32)
-    POOL_BACKWARD_ROWS.launch(dy.dtype, kernels.grid_1d(32 * warps, BLOCK), BLOCK, (dy, argmax, dx, *geom),
-                              is_max=is_max)
+    POOL_BACKWARD_ROWS.launch(dy.dtype, kernels.grid_1d(32 * warps, ROWS_BLOCK), ROWS_BLOCK,
+                              (dy, argmax, dx, *geom), is_max=is_max)
 
 
 def max_pool_forward_kernel(x, pool_size, strides, padding, data_format):
@@ -386,11 +388,10 @@ def max_pool_forward_kernel(x, pool_size, strides, padding, data_format):
 def _launch_forward(is_max, x, y, extra, y_shape, pool_size, strides, data_format, geom):
     """Launch the row kernel (channels_first, strided columns) or the direct one."""
     if _rows_kernel(x.shape, pool_size, strides, data_format):
-        # a warp per output row chunk of 32 (rows of up to 32 outputs: a block per 8 rows); BLOCK
-        # threads, as kRowsBlock in pooling.cu
+        # a warp per output row chunk of 32 (rows of up to 32 outputs: a block per 8 rows)
         warps = math.prod(y_shape[:-1]) * kernels.ceil_div(y_shape[-1], 32)
-        POOL_FORWARD_ROWS.launch(x.dtype, kernels.grid_1d(32 * warps, BLOCK), BLOCK, (x, y, *extra, *geom),
-                                 is_max=is_max)
+        POOL_FORWARD_ROWS.launch(x.dtype, kernels.grid_1d(32 * warps, ROWS_BLOCK), ROWS_BLOCK,
+                                 (x, y, *extra, *geom), is_max=is_max)
     else:
         direct = MAX_POOL_FORWARD if is_max else AVG_POOL_FORWARD
         direct.launch(x.dtype, kernels.grid_1d(y.size, BLOCK), BLOCK, (x, y, *(extra if is_max else ()), *geom),

@@ -25,6 +25,11 @@ from .recurrent_kernels import Activation, Cell, rnn_backward_kernel, rnn_forwar
 from .recurrent_reference import (ACTIVATIONS, CELLS, GATES, RnnSaved, Spec, activate,  # noqa: F401
                                   activation_grad, rnn_backward, rnn_forward)
 
+# the layers, and (re-exported) the reference's and kernel path's names a user of this module reaches
+__all__ = ["SimpleRNN", "LSTM", "GRU", "Bidirectional", "merge_directions", "Spec", "RnnSaved", "rnn_forward",
+           "rnn_backward", "rnn_forward_kernel", "rnn_backward_kernel", "activate", "activation_grad", "ACTIVATIONS",
+           "CELLS", "GATES", "Cell", "Activation", "glorot_uniform", "orthogonal"]
+
 
 class _Recurrent(Layer):
     """Shared machinery of SimpleRNN, LSTM and GRU."""

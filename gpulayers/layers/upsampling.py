@@ -35,7 +35,7 @@ BILINEAR_BACKWARD = kernels.Kernel(SOURCE, "upsample_bilinear_backward", channel
 NEAREST_FORWARD_ROWS = kernels.Kernel(SOURCE, "upsample_nearest_forward_rows")
 BACKWARD_ROWS = {"nearest": kernels.Kernel(SOURCE, "upsample_nearest_backward_rows"),
                  "bilinear": kernels.Kernel(SOURCE, "upsample_bilinear_backward_rows")}
-ROW_SEGMENTS = 4  # the *_rows kernels load up to this many 32-element segments per row (kRowSegments)
+ROW_SEGMENTS = kernels.cuda_constant(SOURCE, "kRowSegments")  # 32-element segments the *_rows kernels load per row
 ROW_KERNELS = True  # channels_first backward takes the warp-per-row kernels where they fit (tests switch it off)
 
 
