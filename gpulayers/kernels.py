@@ -13,7 +13,6 @@ import contextlib
 import enum
 import functools
 import hashlib
-import operator
 import os
 import re
 import threading
@@ -61,41 +60,51 @@ class Kernel:
     The name and the template parameters after ``T`` (the dtype's C type) are written here
     only, in the kernel's order, each as the set of values the package launches:
 
-    - ``bool``: ``true``/``false``;
+    - ``bool``: ``true``/``false`` (a Python or NumPy bool);
     - a tuple of ints;
-    - an enum read from the source with :func:`cuda_enum` (spelled ``Enum::member``);
+    - an enum read from the source with :func:`cuda_enum` (spelled ``Enum::member``; only
+      members of that enum are taken, never their integer values);
     - a dict {Python value: C++ spelling} (``{T}`` in a spelling is the dtype's C type).
 
-    ``Kernel("pooling.cu", "pool_forward_rows", is_max=bool)`` declares
-    ``pool_forward_rows<T, true>`` and ``pool_forward_rows<T, false>`` for every dtype, and
-    ``handle.launch(dtype, grid, block, args, is_max=True)`` runs the first; a value outside
-    the declared set, a missing or an unknown parameter raises before anything is compiled.
+    ``where`` (keyword arguments as the launch takes them -> bool) keeps only the
+    combinations that exist: ``Kernel("upsampling.cu", "upsample_nearest_forward",
+    channels_last=bool, vec=(1, 2, 4, 8), where=lambda channels_last, vec: channels_last or
+    vec == 1)``. ``Kernel("pooling.cu", "pool_forward_rows", is_max=bool)`` declares
+    ``pool_forward_rows<T, false>`` and ``pool_forward_rows<T, true>`` for every dtype, and
+    ``handle.launch(dtype, grid, block, args, is_max=True)`` runs the second. A value outside the
+    declared set, a combination ``where`` excludes, or a missing or unknown parameter raises
+    before anything is compiled.
     """
 
-    def __init__(self, source: str, name: str, **params):
-        self.source, self.name = source, name
+    def __init__(self, source: str, name: str, where=None, **params):
+        self.source, self.name, self._where = source, name, where
         self._spellings = {key: _spellings(source, name, key, values) for key, values in params.items()}
-        templates = [""]
-        for spelled in self._spellings.values():
-            templates = [f"{t}, {s}" for t in templates for s in spelled.values()]
-        self.templates = tuple(f"{name}<{{T}}{t}>" for t in templates)
+        self._kinds = {key: values for key, values in params.items()}
+        combos = [{}]
+        for key, spelled in self._spellings.items():
+            combos = [{**c, key: v} for c in combos for v in spelled]
+        self.templates = tuple(self._spell(c) for c in combos if where is None or where(**c))
         _KERNELS[source] = tuple(dict.fromkeys(_KERNELS.get(source, ()) + self.templates))
+
+    def _spell(self, values) -> str:
+        parts = "".join(", " + self._spellings[key][value] for key, value in values.items())
+        return f"{self.name}<{{T}}{parts}>"
 
     def template(self, **values) -> str:
         """The name-expression template (with ``{T}``) for these template-parameter values."""
         if values.keys() != self._spellings.keys():
             raise TypeError(f"gpulayers internal: {self.name} takes the template parameters "
                             f"{list(self._spellings)}; got {sorted(values)}")
-        parts = []
+        checked = {}
         for key, spelled in self._spellings.items():
-            value = values[key]
-            if type(value) is np.bool_:
-                value = bool(value)
-            if value not in spelled:
-                raise ValueError(f"gpulayers internal: {self.name} is not declared with {key}={value!r} "
+            value = _declared_value(self._kinds[key], values[key])
+            if value is None or value not in spelled:
+                raise ValueError(f"gpulayers internal: {self.name} is not declared with {key}={values[key]!r} "
                                  f"(declared: {list(spelled)})")
-            parts.append(spelled[value])
-        return f"{self.name}<{{T}}{''.join(', ' + p for p in parts)}>"
+            checked[key] = value
+        if self._where is not None and not self._where(**checked):
+            raise ValueError(f"gpulayers internal: {self.name} is not declared for {checked} (excluded by where)")
+        return self._spell(checked)
 
     def launch(self, dtype, grid, block, args, shared_mem: int = 0, **values) -> None:
         """Run the instance for ``dtype`` and ``values`` (see :func:`launch` for ``args``)."""
@@ -119,6 +128,18 @@ def _spellings(source, name, key, values) -> dict:
                     f"of ints, an enum from cuda_enum or a dict of spellings; got {values!r}")
 
 
+def _declared_value(kind, value):
+    """``value`` as a key of the parameter's spellings, or None when it has the wrong type (an
+    int for a bool or an enum member, a bool for an int): equal hashes must not stand in."""
+    if kind is bool:
+        return bool(value) if isinstance(value, (bool, np.bool_)) else None
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return value if isinstance(value, kind) else None
+    if isinstance(kind, tuple):
+        return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) else None
+    return value
+
+
 _ENUM = re.compile(r"\benum\s+class\s+(\w+)\s*(?::\s*[\w\s]+?)?\{([^}]*)\}")
 
 
@@ -128,47 +149,60 @@ def cuda_enum(source: str, name: str) -> type[enum.IntEnum]:
 
     Lets Python pass codes by name: a template argument ``Enum::member`` (through
     :class:`Kernel`) or a runtime ``int`` argument ``np.int32(member)``, the value read from the
-    source itself rather than matched by position. Enumerators are plain identifiers with
-    optional integer initialisers; comments in the body are ignored."""
-    text = re.sub(r"//[^\n]*|/\*.*?\*/", "", _read_source(source)[0], flags=re.S)
-    for enum_name, body in _ENUM.findall(text):
-        if enum_name != name:
-            continue
-        members, value = {}, 0
-        for item in filter(None, (part.strip() for part in body.split(","))):
-            member, _, init = (s.strip() for s in item.partition("="))
-            value = int(init, 0) if init else value
-            members[member] = value
-            value += 1
-        return enum.IntEnum(name, members)
-    raise LookupError(f"gpulayers: cuda/{source} defines no `enum class {name}`")
+    source itself rather than matched by position. The enum must be defined once in the file,
+    at namespace scope; enumerators are plain identifiers with optional integer initialisers;
+    comments in the body are ignored."""
+    text = _uncommented(_read_source(source)[0])
+    bodies = [body for enum_name, body in _ENUM.findall(text) if enum_name == name]
+    if not bodies:
+        raise LookupError(f"gpulayers: cuda/{source} defines no `enum class {name}`")
+    if len(bodies) > 1:
+        raise LookupError(f"gpulayers: cuda/{source} defines `enum class {name}` {len(bodies)} times")
+    members, value = {}, 0
+    for item in filter(None, (part.strip() for part in bodies[0].split(","))):
+        member, _, init = (s.strip() for s in item.partition("="))
+        value = int(init, 0) if init else value
+        members[member] = value
+        value += 1
+    return enum.IntEnum(name, members)
+
+
+def _uncommented(text: str) -> str:
+    return re.sub(r"//[^\n]*|/\*.*?\*/", "", text, flags=re.S)
 
 
 _CONSTEXPR = re.compile(r"\bconstexpr\s+int\s+([^;{}]*);")
-_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.floordiv,
-              ast.FloorDiv: operator.floordiv}
 
 
 @functools.lru_cache(maxsize=None)
 def cuda_constant(source: str, name: str) -> int:
     """The value of ``constexpr int name = ...;`` in ``cuda/<source>`` (or ``cuda/common.cuh``
-    when the source lacks it); each such name is declared once in a file.
+    when the source does not declare it).
 
     Launch configurations read the block sizes and tile sizes a kernel assumes from here, so
     the two cannot drift apart. The initialiser may use integer literals, earlier constants
-    of the same file and ``+ - * /``; a declaration may list several, comma-separated."""
+    of the same file, unary minus, parentheses and ``+ - * /`` (C++'s truncating division); a
+    declaration may list several, comma-separated. A name declared twice in a file, or
+    declared with an initialiser outside that grammar, raises LookupError."""
     for file in (source, "common.cuh"):
-        text = cuda_dir().joinpath(file).read_text()
-        text = re.sub(r"//[^\n]*|/\*.*?\*/", "", text, flags=re.S)
         values: dict[str, int] = {}
-        for declaration in _CONSTEXPR.findall(text):
+        unreadable: set[str] = set()
+        for declaration in _CONSTEXPR.findall(_uncommented(cuda_dir().joinpath(file).read_text())):
             for item in declaration.split(","):
                 key, _, init = (part.strip() for part in item.partition("="))
-                if re.fullmatch(r"\w+", key) and init:
-                    try:
-                        values[key] = _integer_expression(ast.parse(init, mode="eval").body, values)
-                    except (SyntaxError, ValueError):
-                        continue  # not a plain integer expression (a template, a cast): not a constant we read
+                if not re.fullmatch(r"\w+", key) or not init:
+                    continue
+                if key in values or key in unreadable:
+                    if key == name:
+                        raise LookupError(f"gpulayers: cuda/{file} declares `constexpr int {name}` more than once")
+                    continue
+                try:
+                    values[key] = _integer_expression(ast.parse(init, mode="eval").body, values)
+                except (SyntaxError, ValueError):
+                    unreadable.add(key)  # a template, a cast, a shift: not a constant read here
+        if name in unreadable:
+            raise LookupError(f"gpulayers: cuda/{file} declares `constexpr int {name}` with an initialiser "
+                              f"gpulayers cannot read (integers, + - * / and earlier constants only)")
         if name in values:
             return values[name]
     raise LookupError(f"gpulayers: cuda/{source} defines no `constexpr int {name}` with an integer value")
@@ -179,8 +213,17 @@ def _integer_expression(node, names) -> int:
         return node.value
     if isinstance(node, ast.Name) and node.id in names:
         return names[node.id]
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-        return _OPERATORS[type(node.op)](_integer_expression(node.left, names), _integer_expression(node.right, names))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _integer_expression(node.operand, names)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)):
+        a, b = _integer_expression(node.left, names), _integer_expression(node.right, names)
+        if isinstance(node.op, ast.Div):
+            if b == 0:
+                raise ValueError("division by zero")
+            quotient = abs(a) // abs(b)  # C++ truncates toward zero
+            return quotient if (a < 0) == (b < 0) else -quotient
+        return a + b if isinstance(node.op, ast.Add) else (a - b if isinstance(node.op, ast.Sub) else a * b)
     raise ValueError("not an integer expression")
 
 

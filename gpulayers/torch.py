@@ -519,7 +519,7 @@ def _rnn_forward_fake(x, kernel, recurrent_kernel, bias, h0, c0, mask, cell, uni
 
 
 def _rnn_saved(spec, xa, W, U, mask, pre, h_prev, c_prev, extra, has_bias, on_kernels):
-    """The forward's :class:`~gpulayers.layers.recurrent.RnnSaved` record, rebuilt from the op's outputs."""
+    """The forward's :class:`~gpulayers.layers.recurrent_reference.RnnSaved` record, rebuilt from the op's outputs."""
     xp = kernels.array_module(xa)
     acc = _acc_dtype(xa.dtype)
     xs = xp.swapaxes(xa, 0, 1)

@@ -79,6 +79,40 @@ def test_a_launch_with_wrong_template_values_fails_before_compiling(scratch_sour
     assert launched == [(scratch_source, "paint<{T}, false, 4>", np.float32, 3, 64, (), 0)]
 
 
+def test_values_of_another_type_do_not_stand_in(scratch_source, monkeypatch):
+    """An int is not a bool or an enum member (1 == True, Colour(7) == 7 hash alike), nor a bool an int."""
+    monkeypatch.setattr(kernels, "launch", lambda *a, **k: None)
+    colour = enum.IntEnum("Colour", {"red": 0, "green": 1})
+    handle = kernels.Kernel(scratch_source, "paint", flag=bool, colour=colour, vec=(0, 1))
+    assert handle.template(flag=np.bool_(True), colour=colour.green, vec=np.int64(1)) == \
+        "paint<{T}, true, Colour::green, 1>"
+    for bad in (dict(flag=1, colour=colour.red, vec=0), dict(flag=True, colour=1, vec=0),
+                dict(flag=True, colour=colour.red, vec=True), dict(flag="true", colour=colour.red, vec=0)):
+        with pytest.raises(ValueError, match="paint is not declared with"):
+            handle.launch(np.float32, 1, 32, (), **bad)
+
+
+def test_where_keeps_only_the_combinations_that_exist(scratch_source):
+    handle = kernels.Kernel(scratch_source, "copy", channels_last=bool, vec=(1, 2, 4),
+                            where=lambda channels_last, vec: channels_last or vec == 1)
+    assert kernels.declared()[scratch_source] == ("copy<{T}, false, 1>", "copy<{T}, true, 1>", "copy<{T}, true, 2>",
+                                                  "copy<{T}, true, 4>")
+    assert handle.template(channels_last=True, vec=4) == "copy<{T}, true, 4>"
+    with pytest.raises(ValueError, match="excluded by where"):
+        handle.template(channels_last=False, vec=2)
+
+
+def test_upsampling_declares_vectors_for_channels_last_only():
+    from gpulayers.layers import upsampling
+
+    nearest = [t for t in kernels.declared()["upsampling.cu"] if t.startswith("upsample_nearest_forward<")]
+    assert sorted(nearest) == sorted(["upsample_nearest_forward<{T}, false, 1>", "upsample_nearest_forward<{T}, true, 1>",
+                                      "upsample_nearest_forward<{T}, true, 2>", "upsample_nearest_forward<{T}, true, 4>",
+                                      "upsample_nearest_forward<{T}, true, 8>"])
+    with pytest.raises(ValueError):
+        upsampling.NEAREST_BACKWARD.template(channels_last=False, vec=4)
+
+
 def test_a_template_parameter_of_an_unknown_kind_is_refused(scratch_source):
     with pytest.raises(TypeError, match="template parameter vec of paint"):
         kernels.Kernel(scratch_source, "paint", vec=[1, 2])
@@ -97,6 +131,8 @@ def test_cuda_enum_reads_names_and_values_from_the_source(cuda_copy):
         "};",
         "enum class Empty : int {};",
         "enum Plain { not_a_scoped_enum };",
+        "namespace a { enum class Twice : int { x, y }; }",
+        "namespace b { enum class Twice : int { y, x }; }",
     ]))
     mode = kernels.cuda_enum("enums_test_only.cu", "Mode")
     assert issubclass(mode, enum.IntEnum) and mode.__name__ == "Mode"
@@ -105,6 +141,8 @@ def test_cuda_enum_reads_names_and_values_from_the_source(cuda_copy):
     for missing in ("Commented", "Plain", "Absent"):
         with pytest.raises(LookupError, match=f"defines no `enum class {missing}`"):
             kernels.cuda_enum("enums_test_only.cu", missing)
+    with pytest.raises(LookupError, match="defines `enum class Twice` 2 times"):
+        kernels.cuda_enum("enums_test_only.cu", "Twice")
 
 
 def test_recurrent_enums_name_what_the_reference_implements():
@@ -153,13 +191,27 @@ def test_cuda_constant_reads_integer_constants(cuda_copy):
         "template <int N> constexpr int kTemplated = N * 2;",
         "constexpr int kCast = static_cast<int>(2.5);",
         "__device__ void f() { constexpr int kLocal = 5; }",
+        "constexpr int kNegative = -7, kTruncated = (kA - 128) / 7, kMinus = -kA * 3;",
+        "constexpr int kTwice = 1;",
+        "constexpr int kTwice = 2;",
+        "constexpr int kShift = 1 << 8;",
+        "constexpr int kZero = 1 / (kA - 8);",
+        "constexpr int kFromCommonOnly = 1 << 2;  // unreadable here: no fallback to common.cuh's",
     ]))
     common = (kernels.cuda_dir() / "common.cuh").read_text()
     cuda_copy("common.cuh", common + "\nconstexpr int kFromCommonOnly = 32;\n")
-    expected = {"kA": 8, "kB": 128, "kAB": 1024, "kMixed": 56, "kLocal": 5}
+    expected = {"kA": 8, "kB": 128, "kAB": 1024, "kMixed": 56, "kLocal": 5, "kNegative": -7,
+                "kTruncated": -17,  # C++: -120 / 7 truncates to -17 (Python's // would give -18)
+                "kMinus": -24}
     assert {name: kernels.cuda_constant("constants_test_only.cu", name) for name in expected} == expected
-    assert kernels.cuda_constant("constants_test_only.cu", "kFromCommonOnly") == 32
-    for missing in ("kCommented", "kTemplated", "kCast", "kAbsent"):
+    cuda_copy("other_test_only.cu", "constexpr int kOwn = 3;")
+    assert kernels.cuda_constant("other_test_only.cu", "kFromCommonOnly") == 32  # from common.cuh
+    for missing in ("kCommented", "kAbsent"):
         with pytest.raises(LookupError, match=f"defines no `constexpr int {missing}`"):
             kernels.cuda_constant("constants_test_only.cu", missing)
+    for unreadable in ("kTemplated", "kCast", "kShift", "kZero", "kFromCommonOnly"):
+        with pytest.raises(LookupError, match=f"declares `constexpr int {unreadable}` with an initialiser"):
+            kernels.cuda_constant("constants_test_only.cu", unreadable)
+    with pytest.raises(LookupError, match="declares `constexpr int kTwice` more than once"):
+        kernels.cuda_constant("constants_test_only.cu", "kTwice")
 

@@ -165,3 +165,41 @@ def test_channels_first_row_and_direct_kernels(monkeypatch, cls, kw, shape, dtyp
                                                                                  layer.strides, "channels_first")
     else:
         assert not any("_rows<" in n for n in names)
+
+
+# The widest windows each row kernel takes, read by Python from pooling.cu (kMaxSegments for
+# pool_forward_rows, kRowSegments for pool_backward_rows), and one column past that: at the edge
+# the row kernel loads every segment it has, past it the direct kernel runs. A Python-side limit
+# above the kernel's would send the edge case to the row kernel and miss window cells.
+def _edge_windows():
+    forward, backward = pooling.FORWARD_ROW_SEGMENTS, pooling.BACKWARD_ROW_SEGMENTS
+    cases = []
+    for extra in (0, 1):
+        # forward: 31 * SW + KW input columns for 32 outputs, SW = 3
+        cases.append(("forward", extra, (1, 32 * forward - 31 * 3 + extra), (1, 3)))
+        # backward: (31 + KW) // SW + 2 dy columns for 32 input columns, SW = 1
+        cases.append(("backward", extra, (1, 32 * backward - 33 + extra), (1, 1)))
+    return cases
+
+
+@pytest.mark.parametrize("cls", [gl.MaxPooling2D, gl.AveragePooling2D], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("direction,extra,pool_size,strides", _edge_windows(),
+                         ids=lambda v: str(v) if not isinstance(v, tuple) else "x".join(map(str, v)))
+def test_row_kernels_at_their_segment_limit(cls, direction, extra, pool_size, strides):
+    from gpulayers.simulator import analysis
+
+    local = np.random.default_rng(11)
+    x = random_input(local, (1, 2, 3, 33 * 3 + pool_size[1] + 40), np.float32)
+    kw = dict(pool_size=pool_size, strides=strides, data_format="channels_first")
+    ref = cls(**kw)
+    y_ref = ref(x)
+    dy = random_input(local, y_ref.shape, np.float32)
+    dx_ref = ref.backward(dy)
+    layer = cls(**kw)
+    with gl.simulate(), analysis.recording() as reports:
+        y, dx = layer(x), layer.backward(dy)
+    assert_close(y, y_ref, what="forward")
+    assert_close(dx, dx_ref, what="backward")
+    names = [r.kernel for r in reports]
+    launched = names[0] if direction == "forward" else names[-1]
+    assert launched.startswith(f"pool_{direction}_rows") == (extra == 0), names

@@ -20,6 +20,7 @@ Geometry (per spatial axis, kernel k, stride s, dilation d, k_eff = (k - 1) d + 
 """
 from __future__ import annotations
 
+import functools
 
 import numpy as np
 
@@ -67,6 +68,7 @@ _to_cl = to_channels_last
 
 
 def _from_cl(x, data_format):
+    """:func:`from_channels_last`, made contiguous when it moved the channels."""
     return np.ascontiguousarray(from_channels_last(x, data_format)) if data_format == "channels_first" else x
 
 
@@ -168,6 +170,11 @@ def conv2d_transpose_backward(x, dz, kernel, strides, padding, dilation, output_
 
 def _geometry_args(image_shape, data_format, positions, k, s, d, pad):
     """The 14 int32 arguments of im2col/col2im: N, C, H, W, OH, OW, KH, KW, SH, SW, DH, DW, PH, PW."""
+    return _packed_geometry(tuple(image_shape), data_format, *(tuple(int(v) for v in t) for t in (positions, k, s, d, pad)))
+
+
+@functools.lru_cache(maxsize=512)
+def _packed_geometry(image_shape, data_format, positions, k, s, d, pad):
     n, c, hw = split_channels(image_shape, data_format)
     return int32_args(n, c, *hw, *positions, *k, *s, *d, *pad)
 

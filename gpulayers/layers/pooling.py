@@ -46,9 +46,11 @@ GLOBAL_FORWARD_ROWS = kernels.Kernel(SOURCE, "global_pool_forward_rows", is_max=
 GLOBAL_FORWARD_COLS = kernels.Kernel(SOURCE, "global_pool_forward_cols", is_max=bool)
 GLOBAL_AVG_BACKWARD = kernels.Kernel(SOURCE, "global_avg_backward", channels_last=bool)
 GLOBAL_MAX_BACKWARD = kernels.Kernel(SOURCE, "global_max_backward", channels_last=bool)
-# read from pooling.cu: the rows kernels' block size, and the 32-element segments a warp loads per row
+# read from pooling.cu: the rows kernels' block size, and how many 32-element segments of a row a
+# warp loads in pool_forward_rows and in pool_backward_rows
 ROWS_BLOCK = kernels.cuda_constant(SOURCE, "kRowsBlock")
-ROW_SEGMENTS = kernels.cuda_constant(SOURCE, "kRowSegments")
+FORWARD_ROW_SEGMENTS = kernels.cuda_constant(SOURCE, "kMaxSegments")
+BACKWARD_ROW_SEGMENTS = kernels.cuda_constant(SOURCE, "kRowSegments")
 ROW_KERNELS = True  # channels_first takes the warp-per-row kernels where they fit (tests switch it off)
 
 
@@ -355,16 +357,16 @@ def _kernel_geometry(x_shape, pool_size, strides, padding, data_format):
 
 def _rows_kernel(x_shape, pool_size, strides, data_format):
     """Whether the forward pass takes pool_forward_rows: channels_first with a column stride
-    above 1, when a warp's input columns fit in ROW_SEGMENTS segments of 32."""
+    above 1, when a warp's input columns fit in FORWARD_ROW_SEGMENTS segments of 32."""
     return (ROW_KERNELS and data_format == "channels_first" and strides[-1] > 1
-            and 31 * strides[-1] + pool_size[-1] <= 32 * ROW_SEGMENTS)
+            and 31 * strides[-1] + pool_size[-1] <= 32 * FORWARD_ROW_SEGMENTS)
 
 
 def _rows_backward(pool_size, strides, data_format):
     """Whether backward takes pool_backward_rows: channels_first, when the dy columns a warp of
-    32 input columns reads fit in ROW_SEGMENTS segments."""
+    32 input columns reads fit in BACKWARD_ROW_SEGMENTS segments."""
     return (ROW_KERNELS and data_format == "channels_first"
-            and (31 + pool_size[-1]) // strides[-1] + 2 <= 32 * ROW_SEGMENTS)
+            and (31 + pool_size[-1]) // strides[-1] + 2 <= 32 * BACKWARD_ROW_SEGMENTS)
 
 
 def _launch_backward_rows(is_max, dy, argmax, dx, x_shape, geom):

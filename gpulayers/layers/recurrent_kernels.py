@@ -37,7 +37,7 @@ def _codes(spec):
 
 
 def rnn_forward_kernel(spec, x, kernel, recurrent_kernel, bias=None, initial_state=None, mask=None):
-    """Kernel path of :func:`rnn_forward` (same returns): GEMMs plus one fused kernel per step."""
+    """Kernel path of :func:`.recurrent_reference.rnn_forward` (same returns): GEMMs plus one fused kernel per step."""
     xp = kernels.array_module(x)
     acc = _acc_dtype(x.dtype)
     u, gates = spec.units, spec.gates
@@ -91,7 +91,7 @@ def rnn_forward_kernel(spec, x, kernel, recurrent_kernel, bias=None, initial_sta
 
 
 def rnn_backward_kernel(spec, saved, d_outputs, d_states):
-    """Kernel path of :func:`rnn_backward`: per step one fused gate-gradient kernel and the
+    """Kernel path of :func:`.recurrent_reference.rnn_backward`: per step one fused gate-gradient kernel and the
     GEMM d_inner @ U^T; the weight gradients as one GEMM over all steps at the end."""
     xs, pre, W, U = saved.xs, saved.pre, saved.W, saved.U
     xp = kernels.array_module(xs)

@@ -27,9 +27,11 @@ SOURCE = "upsampling.cu"
 BLOCK = 256
 VEC_BYTES = 16  # channels_last nearest kernels move 16-byte vectors when C allows
 
-# (CL: channels_last; VEC: channels per thread, 16-byte vectors where C and the pointers allow)
-NEAREST_FORWARD = kernels.Kernel(SOURCE, "upsample_nearest_forward", channels_last=bool, vec=(1, 2, 4, 8))
-NEAREST_BACKWARD = kernels.Kernel(SOURCE, "upsample_nearest_backward", channels_last=bool, vec=(1, 2, 4, 8))
+# (CL: channels_last; VEC: channels per thread, 16-byte vectors where C and the pointers allow,
+# which only channels_last has)
+_VECTORS = dict(channels_last=bool, vec=(1, 2, 4, 8), where=lambda channels_last, vec: channels_last or vec == 1)
+NEAREST_FORWARD = kernels.Kernel(SOURCE, "upsample_nearest_forward", **_VECTORS)
+NEAREST_BACKWARD = kernels.Kernel(SOURCE, "upsample_nearest_backward", **_VECTORS)
 BILINEAR_FORWARD = kernels.Kernel(SOURCE, "upsample_bilinear_forward", channels_last=bool)
 BILINEAR_BACKWARD = kernels.Kernel(SOURCE, "upsample_bilinear_backward", channels_last=bool)
 NEAREST_FORWARD_ROWS = kernels.Kernel(SOURCE, "upsample_nearest_forward_rows")
