@@ -1,5 +1,5 @@
-"""kernels.Kernel (one handle declares and launches a kernel template) and kernels.cuda_enum (C++
-enums read from a .cu file by name)."""
+"""kernels.Kernel (one handle declares and launches a kernel template), kernels.cuda_enum (C++ enums
+read from a .cu file by name) and kernels.cuda_constant (its constexpr block and tile sizes)."""
 import enum
 
 import numpy as np
