@@ -194,8 +194,10 @@ def test_max_pooling_rules_on_ties_nan_and_inf(dtype, padding, data_format, rank
     assert y.dtype == dtype
     np.testing.assert_array_equal(y.astype(np.float64), expected)  # NaN where expected has NaN
     dy = r.integers(1, 9, y.shape).astype(dtype)  # exact in every dtype: sums are exact
-    np.testing.assert_array_equal(pooling.max_pool_backward(x, dy, *args).astype(np.float64),
-                                  direct_max_pool_backward(x, dy, *args))
+    expected_dx = direct_max_pool_backward(x, dy, *args)
+    np.testing.assert_array_equal(pooling.max_pool_backward(x, dy, *args).astype(np.float64), expected_dx)
+    # with the forward's maxima handed over, as the layer does, instead of computed again
+    np.testing.assert_array_equal(pooling.max_pool_backward(x, dy, *args, y=y).astype(np.float64), expected_dx)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])

@@ -193,11 +193,13 @@ def _max_pool_values(xw, pool_size, strides, padding, data_format):
     return y
 
 
-def max_pool_backward(x, dy, pool_size, strides=None, padding="valid", data_format="channels_last"):
+def max_pool_backward(x, dy, pool_size, strides=None, padding="valid", data_format="channels_last", y=None):
     """d(loss)/dx of max pooling: each window's gradient goes to its first maximum.
 
     "First" is row-major window order; NaN counts as the maximum (the first NaN wins); a
-    window whose real cells are all -inf sends its gradient to its first real cell.
+    window whose real cells are all -inf sends its gradient to its first real cell. ``y``:
+    the forward's output for this ``x`` when the caller kept it (else the window maxima are
+    computed again).
     """
     k = x.ndim - 2
     pool_size, strides, padding, data_format = _normalize(pool_size, strides, padding, data_format, k)
@@ -207,7 +209,7 @@ def max_pool_backward(x, dy, pool_size, strides=None, padding="valid", data_form
     if keys is not None and dy.dtype == np.float16 and all(s >= p for s, p in zip(strides, pool_size)):
         # float16, windows that do not overlap: each input cell gets at most one window's
         # gradient, so it is moved bit for bit (no sum, hence no float32 accumulation needed)
-        y = _max_pool_values(keys, pool_size, strides, padding, data_format)
+        y = _max_pool_values(keys, pool_size, strides, padding, data_format) if y is None else _half_keys(y)
         g = np.ascontiguousarray(dy).view(np.uint16)
         dx = np.zeros(x.shape, np.uint16)
         taken = np.zeros(y.shape, bool)
@@ -219,10 +221,10 @@ def max_pool_backward(x, dy, pool_size, strides=None, padding="valid", data_form
         return dx.view(np.float16)
     if keys is not None:  # float16 without NaN, overlapping windows: compare keys, sum in float32
         xw, has_nan = keys, False
-        y = _max_pool_values(keys, pool_size, strides, padding, data_format)
+        y = _max_pool_values(keys, pool_size, strides, padding, data_format) if y is None else _half_keys(y)
     else:
         xw = _work(x)
-        y = _max_pool_values(xw, pool_size, strides, padding, data_format)
+        y = _max_pool_values(xw, pool_size, strides, padding, data_format) if y is None else _work(y)
         has_nan = bool(np.isnan(y).any())
     g = _work(dy).astype(acc, copy=False)
     overlap = any(s < p for s, p in zip(strides, pool_size))  # else each input cell is in one window
@@ -531,25 +533,26 @@ class _Pooling(Layer):
         if self.op == "max":
             if on_kernels:
                 y, argmax = max_pool_forward_kernel(x, *args)
-            else:
-                y, argmax = max_pool_forward(x, *args), None
-            # backward reads x only to recompute the window maxima (no saved argmax): keep a copy then;
-            # with a saved argmax the kernels read only x's shape
-            self._saved = (self._keep(x) if argmax is None else x, tuple(x.shape), argmax)
+                # backward reads x only to recompute the window maxima (no saved argmax): keep a copy
+                # then; with a saved argmax the kernels read only x's shape
+                self._saved = (self._keep(x) if argmax is None else x, tuple(x.shape), argmax)
+            else:  # the reference's backward compares x with the maxima: keep both (y is the caller's)
+                y = max_pool_forward(x, *args)
+                self._saved = (self._keep(x), tuple(x.shape), y.copy())
             return y
         y = avg_pool_forward_kernel(x, *args) if on_kernels else avg_pool_forward(x, *args)
         self._saved = (None, tuple(x.shape), None)  # average pooling's backward needs only the shape
         return y
 
     def backward_impl(self, dy):
-        x, x_shape, argmax = self._saved
+        x, x_shape, kept = self._saved  # kept: the kernels' argmax, or the reference's maxima
         if dy.size == 0:
             return self._xp.zeros(x_shape, dy.dtype)
         args = (self.pool_size, self.strides, self.padding, self.data_format)
         if self.op == "max":
             if self._on_kernels:
-                return max_pool_backward_kernel(x, argmax, dy, *args)
-            return max_pool_backward(x, dy, *args)
+                return max_pool_backward_kernel(x, kept, dy, *args)
+            return max_pool_backward(x, dy, *args, y=kept)
         if self._on_kernels:
             return avg_pool_backward_kernel(x_shape, dy, *args)
         return avg_pool_backward(x_shape, dy, *args)
