@@ -21,6 +21,19 @@ def test_bench_cpu_mode_writes_results(tmp_path):
     assert set(result["python_overhead_us"]) == {"MaxPooling2D", "UpSampling2D", "BatchNormalization", "GRU"}
 
 
+def test_simulator_speed_script_runs_its_kernels(capsys):
+    """bench/simulator_speed.py launches pooling kernels directly: it must keep up with their
+    arguments (it checks its own results)."""
+    sys.path.insert(0, str(ROOT))
+    from bench import simulator_speed
+    from gpulayers import kernels
+
+    with kernels.simulate():
+        simulator_speed.main(repeat=0)
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[1].startswith("avg_pool_forward") and rows[2].startswith("global_pool_forward_rows")
+
+
 def test_report_renders_a_results_table(tmp_path):
     sys.path.insert(0, str(ROOT))
     from bench import report
