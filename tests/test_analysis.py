@@ -251,7 +251,8 @@ def test_checking_raises_on_a_hazard(rng, monkeypatch):
 
     x, y = rng.standard_normal(256).astype(np.float32), np.zeros(256, np.float32)
     with analysis.checking(), pytest.raises(sim.KernelError, match="RAW race on shared memory"):
-        analysis.run(FILE.resolve(), ["reverse_missing_barrier"], "reverse_missing_barrier", (2,), (128,), [x, y])
+        names = analysis._library_kernels(FILE.resolve(), "reverse_missing_barrier")  # the library analyze builds
+        analysis.run(FILE.resolve(), names, "reverse_missing_barrier", (2,), (128,), [x, y])
     assert kernels.simulating() is False
 
 
