@@ -8,6 +8,17 @@ import pytest
 from gpulayers import kernels
 
 DTYPES = (np.float32, np.float64, np.float16)
+XDIST_OPTIONS = ("--numprocesses", "--maxprocesses", "--dist")  # pyproject's addopts use these
+
+
+def pytest_addoption(parser, pluginmanager):
+    """pyproject's addopts run the suite on pytest-xdist workers; without the plugin (not
+    installed, or ``-p no:xdist`` for debugging) its options are accepted and ignored, and the
+    tests run in this process (as with ``-n 0``)."""
+    if not pluginmanager.has_plugin("xdist"):
+        group = parser.getgroup("xdist options without pytest-xdist (ignored)")
+        for option in XDIST_OPTIONS:
+            group.addoption(option, dest=f"ignored_xdist_{option.strip('-')}", help="ignored: pytest-xdist is not loaded")
 
 
 @pytest.fixture
