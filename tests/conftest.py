@@ -28,8 +28,17 @@ def rng(request):
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
-@pytest.fixture(params=["simulator", "simulator-guard-start", "simulator-hazards",
-                        pytest.param("gpu", marks=pytest.mark.gpu)])
+# Every kernel test runs on each of the three simulator modes below: each kernel template
+# instantiation (kernel x dtype x layout) launched by the tests runs at least once in each mode.
+# A case may leave out a mode where it costs seconds and adds no instantiation and no code path
+# that another case does not already run in that mode: it says so with
+# ``pytest.param(..., marks=pytest.mark.redundant_in("simulator-hazards", data_format=...))``
+# and a comment naming the case that covers it (pytest_collection_modifyitems below drops it,
+# reported as deselected).
+KERNEL_MODES = ("simulator", "simulator-guard-start", "simulator-hazards")
+
+
+@pytest.fixture(params=[*KERNEL_MODES, pytest.param("gpu", marks=pytest.mark.gpu)])
 def kernel_path(request):
     """Runs a layer call on a kernel path: ``run(fn, *numpy arrays)`` -> NumPy results.
 
@@ -63,6 +72,28 @@ def kernel_path(request):
 
     run_sim.name = request.param
     return run_sim
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "redundant_in(mode, **params): leave out this case's run on kernel_path `mode` "
+        "(for the given parameter values only, e.g. data_format='channels_last'), where another case "
+        "covers the same kernels and code paths in that mode")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Drops the runs that a `redundant_in` mark declares redundant (see KERNEL_MODES)."""
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        redundant = any(
+            params.get("kernel_path") == mark.args[0]
+            and all(params.get(name) == value for name, value in mark.kwargs.items())
+            for mark in item.iter_markers("redundant_in"))
+        (dropped if redundant else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def _to_numpy(out):
