@@ -168,7 +168,8 @@ def nvrtc_compile(source: str, dtype, arch: str = "sm_90", extra_options=()) -> 
     options = list(_compile_options()) + [f"--gpu-architecture={arch}"] + list(extra_options)
     key = (source, digest, np.dtype(dtype).str, tuple(names), tuple(options))
     if key not in _nvrtc_results:
-        _nvrtc_results[key] = _nvrtc_cached(key, lambda: _nvrtc_run(nvrtc, text, source, dtype, arch, names, options))
+        _nvrtc_results[key] = _nvrtc_cached(
+            key, lambda: _nvrtc_run(nvrtc, text, source, dtype, arch, names, options))
     result = _nvrtc_results[key]
     return dict(result, lowered=dict(result["lowered"]))  # a copy: callers may edit it
 
