@@ -26,7 +26,8 @@ def test_every_cu_file_declares_its_kernels():
 def test_compiles_with_nvrtc(source, dtype, arch):
     _require_nvrtc()
     # the options resource_report uses, so that test_no_kernel_spills_registers and the `kernels`
-    # command below reuse these compilations (nvrtc_compile keeps its results for the process)
+    # command below reuse these compilations (nvrtc_compile keeps its results in the process and
+    # on disk, for the other test workers)
     result = kernels.nvrtc_compile(source, dtype, arch, ["--ptxas-options=-v"])
     assert len(result["cubin"]) > 0
     names = kernels.name_expressions(source, dtype)
