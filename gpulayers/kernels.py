@@ -333,8 +333,9 @@ def nvrtc_compile(source: str, dtype, arch: str = "sm_90", extra_options=()) -> 
 
     Returns {"cubin": bytes, "log": str, "lowered": {name expression: mangled name}}.
     Raises RuntimeError with NVRTC's log when compilation fails. Results are kept for the
-    process, keyed by source, source hash (the file and cuda/*.cuh), dtype, name expressions
-    and options (with the arch), so a repeated call does not compile again; failures are not kept.
+    process and on disk (``cache_folder()/nvrtc``, with NVRTC's version in the key), keyed by
+    source, source hash (the file and cuda/*.cuh), dtype, name expressions and options (with the
+    arch), so a repeated call does not compile again; failures are not kept.
     """
     if _cupy is None:
         raise RuntimeError("gpulayers: NVRTC compilation needs CuPy (pip install gpulayers[cuda13])")
@@ -345,9 +346,45 @@ def nvrtc_compile(source: str, dtype, arch: str = "sm_90", extra_options=()) -> 
     options = list(_compile_options()) + [f"--gpu-architecture={arch}"] + list(extra_options)
     key = (source, digest, np.dtype(dtype).str, tuple(names), tuple(options))
     if key not in _nvrtc_results:
-        _nvrtc_results[key] = _nvrtc_run(nvrtc, text, source, dtype, arch, names, options)
+        _nvrtc_results[key] = _nvrtc_cached(
+            key, lambda: _nvrtc_run(nvrtc, text, source, dtype, arch, names, options))
     result = _nvrtc_results[key]
     return dict(result, lowered=dict(result["lowered"]))  # a copy: callers may edit it
+
+
+def _nvrtc_cached(key: tuple, compile_) -> dict:
+    """``compile_()``'s result, kept in ``cache_folder()/nvrtc`` under a hash of ``key`` and NVRTC's
+    version: written atomically, one process compiling while others wait (a lock per entry)."""
+    import base64
+    import json
+    import tempfile
+
+    from cupy.cuda import nvrtc
+
+    from . import paths
+
+    digest = hashlib.sha256(repr((key, nvrtc.getVersion())).encode()).hexdigest()[:24]
+    path = cache_folder() / "nvrtc" / f"{Path(key[0]).stem}-{digest}.json"
+
+    def read():
+        try:
+            kept = json.loads(path.read_text())
+            return dict(kept, cubin=base64.b64decode(kept["cubin"]))
+        except (OSError, ValueError, KeyError):
+            return None
+
+    result = read()
+    if result is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with paths.file_lock(path.with_suffix(".lock")):
+            result = read()
+            if result is None:
+                result = compile_()
+                text = json.dumps(dict(result, cubin=base64.b64encode(result["cubin"]).decode()))
+                with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+                    (Path(tmp) / path.name).write_text(text)
+                    os.replace(Path(tmp) / path.name, path)
+    return result
 
 
 def _nvrtc_run(nvrtc, text, source, dtype, arch, names, options) -> dict:

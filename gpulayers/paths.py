@@ -1,6 +1,7 @@
 """Where the kernel sources and the compiled-kernel cache live (shared by kernels and simulator)."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -19,3 +20,21 @@ def cache_folder() -> Path:
     root = os.environ.get("GPULAYERS_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gpulayers")
     return Path(root)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock on the file ``path`` (created if missing) held by one process at a time
+    on this machine: processes filling one cache entry wait for the first one (fcntl; no lock
+    where fcntl is missing, where entries are still written atomically, only perhaps twice)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -8,6 +8,18 @@ import pytest
 from gpulayers import kernels
 
 DTYPES = (np.float32, np.float64, np.float16)
+XDIST_OPTIONS = ("--numprocesses", "--maxprocesses", "--dist")  # pyproject's addopts use these
+
+
+def pytest_addoption(parser, pluginmanager):
+    """pyproject's addopts run the suite on pytest-xdist workers; without the plugin (not
+    installed, or ``-p no:xdist`` for debugging) its options are accepted and ignored, and the
+    tests run in this process (as with ``-n 0``)."""
+    if not pluginmanager.has_plugin("xdist"):
+        group = parser.getgroup("xdist options without pytest-xdist (ignored)")
+        for option in XDIST_OPTIONS:
+            group.addoption(option, dest=f"ignored_xdist_{option.strip('-')}",
+                            help="ignored: pytest-xdist is not loaded")
 
 
 @pytest.fixture
@@ -17,8 +29,18 @@ def rng(request):
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
-@pytest.fixture(params=["simulator", "simulator-guard-start", "simulator-hazards",
-                        pytest.param("gpu", marks=pytest.mark.gpu)])
+# Every kernel test runs on each of the three simulator modes below: each kernel template
+# instantiation (kernel x dtype x layout) launched by the tests runs at least once in each mode.
+# A case may leave out a mode where it costs seconds and adds no instantiation and no code path
+# that another case does not already run in that mode: it says so with
+# ``pytest.param(..., marks=pytest.mark.redundant_in("simulator-hazards", data_format=...))``
+# and a comment naming the case that covers it (pytest_collection_modifyitems below drops it
+# at collection). A kernel test takes about 40 times as long in analysis mode as on the plain
+# simulator.
+KERNEL_MODES = ("simulator", "simulator-guard-start", "simulator-hazards")
+
+
+@pytest.fixture(params=[*KERNEL_MODES, pytest.param("gpu", marks=pytest.mark.gpu)])
 def kernel_path(request):
     """Runs a layer call on a kernel path: ``run(fn, *numpy arrays)`` -> NumPy results.
 
@@ -52,6 +74,21 @@ def kernel_path(request):
 
     run_sim.name = request.param
     return run_sim
+
+
+def pytest_collection_modifyitems(config, items):
+    """Drops the runs that a `redundant_in` mark declares redundant (see KERNEL_MODES)."""
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        redundant = any(
+            params.get("kernel_path") == mark.args[0]
+            and all(params.get(name) == value for name, value in mark.kwargs.items())
+            for mark in item.iter_markers("redundant_in"))
+        (dropped if redundant else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def _to_numpy(out):

@@ -251,7 +251,8 @@ def test_checking_raises_on_a_hazard(rng, monkeypatch):
 
     x, y = rng.standard_normal(256).astype(np.float32), np.zeros(256, np.float32)
     with analysis.checking(), pytest.raises(sim.KernelError, match="RAW race on shared memory"):
-        analysis.run(FILE.resolve(), ["reverse_missing_barrier"], "reverse_missing_barrier", (2,), (128,), [x, y])
+        names = analysis._library_kernels(FILE.resolve(), "reverse_missing_barrier")  # the library analyze builds
+        analysis.run(FILE.resolve(), names, "reverse_missing_barrier", (2,), (128,), [x, y])
     assert kernels.simulating() is False
 
 
@@ -267,3 +268,25 @@ def test_kernels_whose_names_the_launcher_could_shadow(tmp_path):
     r = sim.analyze(src, "k", 1, 32, [x, y], shared_mem=128)
     assert np.array_equal(y, x[::2][::-1]) and r.load_sectors == 8 and r.load_ideal_sectors == 4
     assert sim.analyze(src, "args", 1, 32, [y]).store_requests == 1
+
+
+def test_one_library_serves_every_extern_c_kernel_of_a_file(tmp_path, monkeypatch):
+    """analyze builds a file's extern "C" kernels into one library (one build for the file, not
+    one per kernel); a name that is no kernel (inside #if 0) costs one failed build, then the
+    kernel is built alone."""
+    monkeypatch.setenv("GPULAYERS_CACHE_DIR", str(tmp_path / "cache"))
+    libraries = lambda: sorted((tmp_path / "cache" / "sim").glob("kernels-analysis-*.so"))  # noqa: E731
+    src = tmp_path / "kernels.cu"
+    src.write_text('extern "C" __global__ void first(float* y) { y[threadIdx.x] = 1.f; }\n'
+                   '// extern "C" __global__ void commented_out(float* y) {}\n'
+                   '#if 0\nextern "C" __global__ void ghost(float* y) {}\n#endif\n'
+                   'extern "C" __global__ void second(float* y) { y[threadIdx.x + 32] = 2.f; }\n')
+    assert analysis._library_kernels(src, "second") == ["first", "ghost", "second"]
+    y = np.zeros(64, np.float32)
+    assert sim.analyze(src, "first", 1, 32, [y]).store_requests == 1 and np.all(y[:32] == 1)
+    assert len(libraries()) == 1  # "first" alone: the build with ghost's launcher failed
+    src.write_text(src.read_text().replace("#if 0\n", "").replace("#endif\n", ""))
+    assert sim.analyze(src, "first", 1, 32, [y]).store_requests == 1
+    assert sim.analyze(src, "second", 1, 32, [y]).store_requests == 1 and np.all(y[32:] == 2)
+    assert sim.analyze(src, "ghost", 1, 32, [y]).store_requests == 0
+    assert len(libraries()) == 2  # one more library, for all three kernels

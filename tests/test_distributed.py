@@ -2,7 +2,6 @@
 one process gives on the concatenated batch (outputs, input gradients, parameter gradients summed
 over processes, moving statistics), for uneven batch sizes; the DDP example runs."""
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,12 +24,6 @@ SPLITS = (3, 8)  # uneven: 3 samples on rank 0, 8 on rank 1
 MOMENTUM = 0.8
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _data():
     """Full batch (N, C, H) with a large per-channel offset (a sum of squares would lose digits),
     output gradients, and weights in Keras order."""
@@ -49,9 +42,10 @@ def _built_numpy(weights, **kwargs):
     return layer
 
 
-def _worker(rank, world, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank, world, out_dir):
+    # a rendezvous file of the test's own (no port that a concurrent test run could take)
+    dist.init_process_group("gloo", init_method=f"file://{Path(out_dir) / 'rendezvous'}", rank=rank,
+                            world_size=world)
     try:
         import gpulayers.torch as glt
 
@@ -112,7 +106,7 @@ def _worker(rank, world, port, out_dir):
 
 
 def _spawn(world, out_dir):
-    context = mp.spawn(_worker, args=(world, _free_port(), str(out_dir)), nprocs=world, join=False)
+    context = mp.spawn(_worker, args=(world, str(out_dir)), nprocs=world, join=False)
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while not context.join(timeout=max(1.0, deadline - time.monotonic())):
@@ -196,8 +190,9 @@ def test_synchronized_argument_is_checked():
 def test_ddp_example_runs_with_torchrun_on_two_cpu_processes():
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(_free_port()), str(ROOT / "examples" / "ddp_train.py"), "--steps", "3"]
+    # --standalone: the launcher binds a free port itself (no race with a concurrent test run)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(ROOT / "examples" / "ddp_train.py"), "--steps", "3"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     # "done" is printed after a barrier that every process reaches once it has trained
     assert "step   2" in done.stdout and "done: 2 process(es) trained 3 steps" in done.stdout, \

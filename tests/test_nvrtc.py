@@ -26,7 +26,8 @@ def test_every_cu_file_declares_its_kernels():
 def test_compiles_with_nvrtc(source, dtype, arch):
     _require_nvrtc()
     # the options resource_report uses, so that test_no_kernel_spills_registers and the `kernels`
-    # command below reuse these compilations (nvrtc_compile keeps its results for the process)
+    # command below reuse these compilations (nvrtc_compile keeps its results in the process and
+    # on disk, for the other test workers)
     result = kernels.nvrtc_compile(source, dtype, arch, ["--ptxas-options=-v"])
     assert len(result["cubin"]) > 0
     names = kernels.name_expressions(source, dtype)
@@ -64,8 +65,12 @@ def test_compile_error_reports_the_file_and_line(tmp_path, monkeypatch):
     assert "undeclared_name_for_this_test" in message
 
 
-def test_each_compilation_happens_once(monkeypatch):
+def test_each_compilation_happens_once(monkeypatch, tmp_path):
+    """Once per process (kept in memory) and once per cache folder (kept on disk: another process,
+    such as a second pytest-xdist worker, reads it back)."""
     _require_nvrtc()
+    monkeypatch.setenv("GPULAYERS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(kernels, "_nvrtc_results", {})
     runs = []
     real_run = kernels._nvrtc_run
     monkeypatch.setattr(kernels, "_nvrtc_run", lambda *a: runs.append(a[3:]) or real_run(*a))
@@ -76,6 +81,12 @@ def test_each_compilation_happens_once(monkeypatch):
     assert len(runs) == 2 and again["lowered"] and again["cubin"] == first["cubin"]
     assert sorted(again["lowered"]) == sorted(kernels.name_expressions("conv.cu", np.float64))
     assert sorted(other["lowered"]) == sorted(kernels.name_expressions("conv.cu", np.float32))
+    assert len(list((tmp_path / "nvrtc").glob("conv-*.json"))) == 2
+    monkeypatch.setattr(kernels, "_nvrtc_results", {})  # a new process: read from disk, not compiled
+    from_disk = kernels.nvrtc_compile("conv.cu", np.float64, "sm_80", ["-DGPULAYERS_CACHE_TEST"])
+    assert len(runs) == 2 and from_disk == dict(again)
+    other_arch = kernels.nvrtc_compile("conv.cu", np.float64, "sm_90", ["-DGPULAYERS_CACHE_TEST"])
+    assert len(runs) == 3 and other_arch["cubin"] != again["cubin"]  # the arch is in the key
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

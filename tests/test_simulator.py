@@ -158,3 +158,26 @@ def test_wrong_argument_count_and_types_are_reported(sim):
         sim.launch("block_reverse", (1,), (32,), [np.zeros(32, np.float32), np.zeros(32, np.float32)])
     with pytest.raises(simulator.KernelError, match="exact C type"):
         sim.launch("block_reverse", (1,), (32,), [np.zeros(32, np.float32), np.zeros(32, np.float32), 32])
+
+
+def test_concurrent_builds_of_one_library_compile_it_once(tmp_path, monkeypatch):
+    """Two builders of one library (two pytest-xdist workers, say): the second waits for the
+    first's lock, then finds the library instead of compiling it again."""
+    import ctypes
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    compiled = []
+    real_compile = simulator._compile
+
+    def slow_compile(*args):
+        compiled.append(args[3])
+        time.sleep(0.3)  # both builders are inside build_source while the first compiles
+        real_compile(*args)
+
+    monkeypatch.setattr(simulator, "_compile", slow_compile)
+    tu = 'extern "C" int lock_probe_answer() { return 42; }\n'
+    with ThreadPoolExecutor(2) as pool:
+        libs = list(pool.map(lambda _: simulator.build_source(tu, "lock_probe", tmp_path), range(2)))
+    assert compiled == ["lock_probe"] and libs[0] == libs[1]
+    assert ctypes.CDLL(str(libs[0])).lock_probe_answer() == 42

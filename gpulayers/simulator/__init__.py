@@ -133,6 +133,14 @@ def build_source(tu: str, stem: str, cache: Path, extra=(), include=None, analys
     if lib.is_file():
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
+    with paths.file_lock(lib.with_suffix(".lock")):  # processes building the same library: one compiles
+        if not lib.is_file():
+            _compile(cxx, flags, tu, stem, lib, include, analysis)
+    return lib
+
+
+def _compile(cxx, flags, tu: str, stem: str, lib: Path, include, analysis: bool) -> None:
+    """Compile ``tu`` into ``lib`` (written atomically: a temporary folder, then os.replace)."""
     with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
         src = Path(tmp) / f"{stem}_sim.cpp"
         src.write_text(tu)
@@ -149,7 +157,6 @@ def build_source(tu: str, stem: str, cache: Path, extra=(), include=None, analys
             if proc.returncode != 0:
                 raise CompileError(f"gpulayers simulator: compiling {stem} failed:\n{proc.stderr[-8000:]}")
         os.replace(out, lib)
-    return lib
 
 
 class SimModule:

@@ -306,6 +306,19 @@ def load(cu_path: Path, names: list[str]) -> AnalysisModule:
     return module
 
 
+_PLAIN_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+
+
+def _library_kernels(cu_path: Path, kernel: str) -> list[str]:
+    """The kernels :func:`analyze` builds for ``kernel``: every ``extern "C"`` kernel of the file
+    too (they need no template arguments), so that one library serves every such kernel of a
+    file rather than one library each (a name that is no kernel, say inside ``#if 0``, fails
+    that build, and :func:`analyze` then builds ``kernel`` alone)."""
+    plain = list(dict.fromkeys(_PLAIN_KERNEL.findall(_COMMENT.sub(" ", cu_path.read_text()))))
+    return plain if kernel in plain else plain + [kernel]  # in file order: one library per file
+
+
 def analyze(path, kernel: str, grid, block, args, shared_mem: int = 0) -> Report:
     """Run one kernel of any ``.cu`` file on the simulator and measure it.
 
@@ -328,8 +341,14 @@ def analyze(path, kernel: str, grid, block, args, shared_mem: int = 0) -> Report
     if not re.search(rf"\b{re.escape(base.split('::')[-1])}\b", cu_path.read_text()):
         raise ValueError(f"gpulayers.simulator.analyze: {cu_path} defines no kernel named {base!r}. "
                          f"Received: kernel={kernel!r}")
+    names = _library_kernels(cu_path, kernel)
     try:
-        module = load(cu_path, [kernel])
+        try:
+            module = load(cu_path, names)
+        except CompileError:
+            if names == [kernel]:
+                raise
+            module = load(cu_path, [kernel])  # another name's launcher did not compile: this kernel alone
     except CompileError as e:
         raise CompileError(f"gpulayers.simulator.analyze: {cu_path} does not compile with kernel "
                            f"{kernel!r}:\n{e}") from None
