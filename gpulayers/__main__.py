@@ -55,7 +55,7 @@ def _supported_archs():
 
 def _bad_arch(arch, why="") -> int:
     supported = _supported_archs()
-    print(f"gpulayers kernels: `--arch` must be sm_XY or compute_XY (e.g. sm_80, sm_90, sm_90a)"
+    print("gpulayers kernels: `--arch` must be sm_XY or compute_XY (e.g. sm_80, sm_90, sm_90a)"
           + (f" and one that this NVRTC knows ({', '.join(supported)})" if supported else "")
           + f". Received: --arch={arch}{why}", file=sys.stderr)
     return 2

@@ -180,7 +180,7 @@ def profile_case(case, rng) -> list[dict]:
             y = layer(x, **case.call)
         dy = rng.standard_normal(y.shape).astype(y.dtype)
         with analysis.recording() as bwd:
-            dx = layer.backward(dy)
+            layer.backward(dy)
     gpu = parallelism(case)
     training = bool(case.call.get("training"))
     scale = math.prod(case.shape(True)) / math.prod(case.shape(False))
