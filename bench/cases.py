@@ -156,8 +156,8 @@ def _torch_rnn(name, features, units):
 def training_cases(big: bool) -> list[Case]:
     """Conv2D, Conv2DTranspose and Dense against F.conv2d / F.conv_transpose2d / F.linear.
 
-    Our backward computes the weight gradients too; PyTorch's timed backward (autograd.grad
-    w.r.t. the input only) does not, so these rows favour PyTorch on backward."""
+    Both backward passes compute the input, weight and bias gradients (PyTorch's through
+    ``torch_fn.parameters``, which the harness differentiates too)."""
     convs = [(32, 56, 56, 64, 64), (8, 28, 28, 32, 32)] if big else [(8, 28, 28, 32, 32)]
     cases = []
     for (n, h, w, c, f), layout, dtype in [(s, lay, dt) for s in convs for lay in ("channels_last", "channels_first")
@@ -165,19 +165,19 @@ def training_cases(big: bool) -> list[Case]:
         shape = (n, h, w, c) if layout == "channels_last" else (n, c, h, w)
         common = dict(shape=shape, dtype=dtype, layout=layout, quick=(n, h) == convs[-1][:2] and dtype == "float32")
         cases += [
-            Case(f"Conv2D 3x3 same {c}->{f} (ours +dW)", "conv",
+            Case(f"Conv2D 3x3 same {c}->{f}", "conv",
                  lambda lay=layout, f=f: gl.Conv2D(f, 3, padding="same", data_format=lay, seed=0),
                  torch_fn=_torch_weighted("conv2d", (f, c, 3, 3), dict(padding=1)), **common),
-            Case(f"Conv2D 3x3/2 valid {c}->{f} (ours +dW)", "conv",
+            Case(f"Conv2D 3x3/2 valid {c}->{f}", "conv",
                  lambda lay=layout, f=f: gl.Conv2D(f, 3, strides=2, data_format=lay, seed=0),
                  torch_fn=_torch_weighted("conv2d", (f, c, 3, 3), dict(stride=2)), **common),
-            Case(f"Conv2DTranspose 4x4/2 same {c}->{f} (ours +dW)", "conv",
+            Case(f"Conv2DTranspose 4x4/2 same {c}->{f}", "conv",
                  lambda lay=layout, f=f: gl.Conv2DTranspose(f, 4, strides=2, padding="same", data_format=lay, seed=0),
                  torch_fn=_torch_weighted("conv_transpose2d", (c, f, 4, 4), dict(stride=2, padding=1)), **common),
         ]
     for batch, units in ([(1024, 1024), (64, 4096)] if big else [(256, 512)]):
         for dtype in ("float32", "float16"):
-            cases.append(Case(f"Dense {units}->{units} (ours +dW)", "dense",
+            cases.append(Case(f"Dense {units}->{units}", "dense",
                               lambda units=units: gl.Dense(units, seed=0), shape=(batch, units), dtype=dtype,
                               layout="batch_features", quick=dtype == "float32",
                               torch_fn=_torch_weighted("linear", (units, units), {})))
@@ -185,18 +185,25 @@ def training_cases(big: bool) -> list[Case]:
 
 
 def _torch_weighted(op, weight_shape, kwargs):
-    """F.<op>(x, weight, bias, **kwargs) with a weight and bias cached per device and dtype."""
+    """F.<op>(x, weight, bias, **kwargs) with a weight and bias cached per device and dtype;
+    ``fn.parameters(torch, x)`` gives them, so that backward differentiates them as ours does."""
     cache = {}
 
-    def fn(torch, x):
+    def parameters(torch, x):
         key = (x.device, x.dtype)
         if key not in cache:
             g = torch.Generator().manual_seed(0)
             out_channels = weight_shape[1] if op == "conv_transpose2d" else weight_shape[0]
-            cache[key] = (torch.randn(weight_shape, generator=g).to(device=x.device, dtype=x.dtype) * 0.05,
-                          torch.zeros(out_channels, device=x.device, dtype=x.dtype))
-        weight, bias = cache[key]
+            cache[key] = ((torch.randn(weight_shape, generator=g) * 0.05).to(device=x.device, dtype=x.dtype)
+                          .requires_grad_(True),
+                          torch.zeros(out_channels, device=x.device, dtype=x.dtype, requires_grad=True))
+        return cache[key]
+
+    def fn(torch, x):
+        weight, bias = parameters(torch, x)
         return getattr(torch.nn.functional, op)(x, weight, bias, **kwargs)
+
+    fn.parameters = parameters
 
     return fn
 

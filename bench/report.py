@@ -96,7 +96,7 @@ def plot(result, path: Path) -> bool:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    source = Path(argv[0]) if argv else newest()
+    source = Path(argv[0]).resolve() if argv else newest()
     if source is None:
         print("no results in bench/results")
         return 1

@@ -161,7 +161,10 @@ def torch_case(case, torch, timer, runs, device, k):
     outs = [case.torch_fn(torch, x) for x in xs]
     dy = torch.randn_like(outs[0])
     it = iter(range(10**9))
-    bwd = timer(lambda: (lambda i: torch.autograd.grad(outs[i], xs[i], dy, retain_graph=True))(next(it) % k), runs)
+    # the gradients ours computes: the input's, and the weights' where the case has any
+    params = getattr(case.torch_fn, "parameters", None)
+    wrt = [[x, *(params(torch, x) if params else ())] for x in xs]
+    bwd = timer(lambda: (lambda i: torch.autograd.grad(outs[i], wrt[i], dy, retain_graph=True))(next(it) % k), runs)
     return {"torch_forward_ms": fwd, "torch_backward_ms": bwd}
 
 
