@@ -333,7 +333,7 @@ def nvrtc_compile(source: str, dtype, arch: str = "sm_90", extra_options=()) -> 
 
     Returns {"cubin": bytes, "log": str, "lowered": {name expression: mangled name}}.
     Raises RuntimeError with NVRTC's log when compilation fails. Results are kept for the
-    process and on disk (``cache_folder()/nvrtc``, with NVRTC's version in the key), keyed by
+    process and on disk (``cache_folder()/nvrtc``, with NVRTC's version and headers in the key), keyed by
     source, source hash (the file and cuda/*.cuh), dtype, name expressions and options (with the
     arch), so a repeated call does not compile again; failures are not kept.
     """
@@ -352,38 +352,75 @@ def nvrtc_compile(source: str, dtype, arch: str = "sm_90", extra_options=()) -> 
     return dict(result, lowered=dict(result["lowered"]))  # a copy: callers may edit it
 
 
+_NVRTC_CACHE_FORMAT = 2  # bump when what an entry holds changes
+
+
+@functools.lru_cache(maxsize=1)
+def _nvrtc_toolchain() -> str:
+    """What a compiled result depends on besides the program: NVRTC's version (the wheel's full
+    version where it is installed as one) and the contents of the CUDA headers it includes."""
+    from cupy.cuda import nvrtc
+
+    parts = [repr(nvrtc.getVersion())]
+    try:
+        import importlib.metadata
+
+        parts.append(importlib.metadata.version("nvidia-cuda-nvrtc"))
+    except Exception:
+        pass
+    digest = hashlib.sha256()
+    for folder in nvrtc_include_dirs()[:1]:
+        for header in sorted(Path(folder).glob("cuda_fp16.h*")) + sorted(Path(folder).glob("cuda_bf16.h*")):
+            digest.update(header.name.encode() + header.read_bytes())
+    parts.append(digest.hexdigest())
+    return "|".join(parts)
+
+
 def _nvrtc_cached(key: tuple, compile_) -> dict:
-    """``compile_()``'s result, kept in ``cache_folder()/nvrtc`` under a hash of ``key`` and NVRTC's
-    version: written atomically, one process compiling while others wait (a lock per entry)."""
+    """``compile_()``'s result, kept in ``cache_folder()/nvrtc`` under a hash of ``key``, the
+    toolchain (:func:`_nvrtc_toolchain`) and the entry format: written atomically, one process
+    compiling while others wait (a lock per entry). An entry that cannot be read or does not
+    have the expected fields is compiled again; where the folder cannot be written, the result
+    is only returned."""
     import base64
     import json
     import tempfile
 
-    from cupy.cuda import nvrtc
-
     from . import paths
 
-    digest = hashlib.sha256(repr((key, nvrtc.getVersion())).encode()).hexdigest()[:24]
+    digest = hashlib.sha256(repr((key, _nvrtc_toolchain(), _NVRTC_CACHE_FORMAT)).encode()).hexdigest()[:24]
     path = cache_folder() / "nvrtc" / f"{Path(key[0]).stem}-{digest}.json"
 
     def read():
         try:
             kept = json.loads(path.read_text())
-            return dict(kept, cubin=base64.b64decode(kept["cubin"]))
-        except (OSError, ValueError, KeyError):
+            cubin = base64.b64decode(kept["cubin"], validate=True)
+            if (hashlib.sha256(cubin).hexdigest() != kept["cubin_sha256"] or not isinstance(kept["log"], str)
+                    or not isinstance(kept["lowered"], dict)):
+                return None
+            return {"cubin": cubin, "log": kept["log"], "lowered": dict(kept["lowered"])}
+        except (OSError, ValueError, KeyError, TypeError):
             return None
 
     result = read()
-    if result is None:
+    if result is not None:
+        return result
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with paths.file_lock(path.with_suffix(".lock")):
-            result = read()
-            if result is None:
-                result = compile_()
-                text = json.dumps(dict(result, cubin=base64.b64encode(result["cubin"]).decode()))
+    except OSError:
+        return compile_()  # no cache folder to be had: compile, keep nothing
+    with paths.file_lock(path.with_suffix(".lock")):
+        result = read()
+        if result is None:
+            result = compile_()
+            entry = dict(result, cubin=base64.b64encode(result["cubin"]).decode(),
+                         cubin_sha256=hashlib.sha256(result["cubin"]).hexdigest())
+            try:
                 with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                    (Path(tmp) / path.name).write_text(text)
+                    (Path(tmp) / path.name).write_text(json.dumps(entry))
                     os.replace(Path(tmp) / path.name, path)
+            except OSError:
+                pass  # a folder that cannot be written: the result is still good
     return result
 
 

@@ -25,15 +25,25 @@ def cache_folder() -> Path:
 @contextlib.contextmanager
 def file_lock(path: Path):
     """An exclusive lock on the file ``path`` (created if missing) held by one process at a time
-    on this machine: processes filling one cache entry wait for the first one (fcntl; no lock
-    where fcntl is missing, where entries are still written atomically, only perhaps twice)."""
+    on this machine: processes filling one cache entry wait for the first one. Where no lock can
+    be had (no fcntl, a folder that cannot be written, a filesystem without flock) the block runs
+    unlocked: cache entries are written atomically, so at worst one is built twice."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        handle = open(path, "a")
+    except OSError:
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:
+            yield
+            return
         try:
             yield
         finally:

@@ -8,7 +8,8 @@ import pytest
 from gpulayers import kernels
 
 DTYPES = (np.float32, np.float64, np.float16)
-XDIST_OPTIONS = ("--numprocesses", "--maxprocesses", "--dist")  # pyproject's addopts use these
+XDIST_OPTIONS = ("--numprocesses", "--maxprocesses", "--dist")  # pyproject's addopts use these (pytest
+# reserves short options such as -n for plugins: without xdist, `-n 0` is refused, `-p no:xdist` is not)
 
 
 def pytest_addoption(parser, pluginmanager):
@@ -81,6 +82,10 @@ def pytest_collection_modifyitems(config, items):
     kept, dropped = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
+        for mark in item.iter_markers("redundant_in"):  # a misspelt mode or parameter would drop nothing
+            if len(mark.args) != 1 or mark.args[0] not in KERNEL_MODES or not set(mark.kwargs) <= set(params):
+                raise pytest.UsageError(f"{item.nodeid}: redundant_in{mark.args} {mark.kwargs} must name one of "
+                                        f"{KERNEL_MODES} and only parameters of the test ({sorted(params)})")
         redundant = any(
             params.get("kernel_path") == mark.args[0]
             and all(params.get(name) == value for name, value in mark.kwargs.items())

@@ -283,10 +283,23 @@ def test_one_library_serves_every_extern_c_kernel_of_a_file(tmp_path, monkeypatc
                    'extern "C" __global__ void second(float* y) { y[threadIdx.x + 32] = 2.f; }\n')
     assert analysis._library_kernels(src, "second") == ["first", "ghost", "second"]
     y = np.zeros(64, np.float32)
+    builds = []
+    real_build = analysis.build
+    monkeypatch.setattr(analysis, "build", lambda *a, **k: builds.append(tuple(a[1])) or real_build(*a, **k))
     assert sim.analyze(src, "first", 1, 32, [y]).store_requests == 1 and np.all(y[:32] == 1)
     assert len(libraries()) == 1  # "first" alone: the build with ghost's launcher failed
+    assert sim.analyze(src, "second", 1, 32, [y]).store_requests == 1
+    # the failed whole-file build was tried once, not again for "second"
+    assert builds == [("first", "ghost", "second"), ("first",), ("second",)]
     src.write_text(src.read_text().replace("#if 0\n", "").replace("#endif\n", ""))
     assert sim.analyze(src, "first", 1, 32, [y]).store_requests == 1
     assert sim.analyze(src, "second", 1, 32, [y]).store_requests == 1 and np.all(y[32:] == 2)
     assert sim.analyze(src, "ghost", 1, 32, [y]).store_requests == 0
-    assert len(libraries()) == 2  # one more library, for all three kernels
+    assert len(libraries()) == 3  # one more library, for all three kernels
+
+
+def test_extern_c_kernels_with_launch_bounds_are_found():
+    text = ('extern "C" __global__ void __launch_bounds__(256) bounded(float* y) {}\n'
+            'extern "C" __global__ void\n__launch_bounds__(128, 2)\nbounded_too(float* y) {}\n'
+            'extern "C" __global__ void plain(float* y) {}\n')
+    assert analysis._PLAIN_KERNEL.findall(text) == ["bounded", "bounded_too", "plain"]

@@ -28,6 +28,7 @@ def cuda_copy(tmp_path, monkeypatch):
         (tmp_path / path.name).write_bytes(path.read_bytes())
     monkeypatch.setattr(kernels, "cuda_dir", lambda: tmp_path)  # NVRTC and analysis mode
     monkeypatch.setattr(paths, "cuda_dir", lambda: tmp_path)  # the simulator
+    monkeypatch.setenv("GPULAYERS_CACHE_DIR", str(tmp_path / "cache"))  # leave the user's cache alone
 
     def write(name, text):
         (tmp_path / name).write_text(text)

@@ -47,6 +47,7 @@ def test_compile_error_reports_the_file_and_line(tmp_path, monkeypatch):
     at = next(i for i, line in enumerate(lines) if line.startswith(("template", "__global__")))
     broken = lines[:at] + ["const int planted_error = undeclared_name_for_this_test;\n"] + lines[at:]
     monkeypatch.setattr(kernels, "cuda_dir", lambda: tmp_path)
+    monkeypatch.setenv("GPULAYERS_CACHE_DIR", str(tmp_path / "cache"))  # leave the user's cache alone
     kernels.declare("edited_for_test.cu", kernels.declared()["conv.cu"])
     try:
         (tmp_path / "edited_for_test.cu").write_text("".join(lines))
@@ -87,6 +88,58 @@ def test_each_compilation_happens_once(monkeypatch, tmp_path):
     assert len(runs) == 2 and from_disk == dict(again)
     other_arch = kernels.nvrtc_compile("conv.cu", np.float64, "sm_90", ["-DGPULAYERS_CACHE_TEST"])
     assert len(runs) == 3 and other_arch["cubin"] != again["cubin"]  # the arch is in the key
+
+
+@pytest.mark.parametrize("damage", ["truncated", "a list", "no lowered", "another cubin", "not base64"])
+def test_a_damaged_disk_entry_is_compiled_again(damage, monkeypatch, tmp_path):
+    import json
+
+    _require_nvrtc()
+    monkeypatch.setenv("GPULAYERS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(kernels, "_nvrtc_results", {})
+    good = kernels.nvrtc_compile("conv.cu", np.float32, "sm_80", ["-DGPULAYERS_DAMAGE_TEST"])
+    (entry,) = (tmp_path / "nvrtc").glob("conv-*.json")
+    text = entry.read_text()
+    kept = json.loads(text)
+    entry.write_text({"truncated": text[:len(text) // 2],
+                      "a list": json.dumps([kept]),
+                      "no lowered": json.dumps({k: v for k, v in kept.items() if k != "lowered"}),
+                      "another cubin": json.dumps(dict(kept, cubin=kept["cubin"][:-8] + "AAAAAAA=")),
+                      "not base64": json.dumps(dict(kept, cubin="%%%"))}[damage])
+    runs = []
+    real_run = kernels._nvrtc_run
+    monkeypatch.setattr(kernels, "_nvrtc_run", lambda *a: runs.append(a[3:]) or real_run(*a))
+    monkeypatch.setattr(kernels, "_nvrtc_results", {})  # a new process
+    again = kernels.nvrtc_compile("conv.cu", np.float32, "sm_80", ["-DGPULAYERS_DAMAGE_TEST"])
+    assert len(runs) == 1 and again == good
+    assert json.loads(entry.read_text())["lowered"] == good["lowered"]  # the entry was written anew
+
+
+def test_compiling_needs_no_writable_cache_folder(monkeypatch, tmp_path):
+    _require_nvrtc()
+    (tmp_path / "a file").write_text("")
+    monkeypatch.setenv("GPULAYERS_CACHE_DIR", str(tmp_path / "a file" / "cache"))  # cannot be created
+    monkeypatch.setattr(kernels, "_nvrtc_results", {})
+    result = kernels.nvrtc_compile("conv.cu", np.float32, "sm_80", ["-DGPULAYERS_NO_CACHE_TEST"])
+    assert result["cubin"] and sorted(result["lowered"]) == sorted(kernels.name_expressions("conv.cu", np.float32))
+
+
+def test_file_lock_runs_the_block_where_no_lock_can_be_had(monkeypatch, tmp_path):
+    import errno
+    import fcntl
+
+    from gpulayers import paths
+
+    def no_flock(*a):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    ran = []
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with paths.file_lock(tmp_path / "entry.lock"):  # a filesystem without flock
+        ran.append("no flock")
+    with paths.file_lock(tmp_path / "missing folder" / "entry.lock"):  # a lock file that cannot be made
+        ran.append("no lock file")
+    assert ran == ["no flock", "no lock file"]
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

@@ -306,7 +306,8 @@ def load(cu_path: Path, names: list[str]) -> AnalysisModule:
     return module
 
 
-_PLAIN_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
+_PLAIN_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(')
+_failed_whole_file: set = set()  # (path, source hash, names) whose one-library build did not compile
 _COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 
 
@@ -342,12 +343,16 @@ def analyze(path, kernel: str, grid, block, args, shared_mem: int = 0) -> Report
         raise ValueError(f"gpulayers.simulator.analyze: {cu_path} defines no kernel named {base!r}. "
                          f"Received: kernel={kernel!r}")
     names = _library_kernels(cu_path, kernel)
+    whole = (str(cu_path), hash(cu_path.read_bytes()), tuple(names))
+    if whole in _failed_whole_file:
+        names = [kernel]  # that build failed before: straight to this kernel alone
     try:
         try:
             module = load(cu_path, names)
         except CompileError:
             if names == [kernel]:
                 raise
+            _failed_whole_file.add(whole)
             module = load(cu_path, [kernel])  # another name's launcher did not compile: this kernel alone
     except CompileError as e:
         raise CompileError(f"gpulayers.simulator.analyze: {cu_path} does not compile with kernel "
