@@ -1,6 +1,6 @@
 // recurrent.cu -- fused per-time-step kernels of SimpleRNN, LSTM and GRU.
 //
-// Must match the NumPy reference in gpulayers/layers/recurrent.py (rnn_forward,
+// Must match the NumPy reference in gpulayers/layers/recurrent_reference.py (rnn_forward,
 // rnn_backward). The matmuls (input projection of all steps, the recurrent h @ U of each
 // step, the weight gradients over all steps) run as GEMMs outside these kernels; each kernel
 // applies one step's gates and state update (forward) or their gradients (backward).
