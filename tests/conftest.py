@@ -1,5 +1,6 @@
 """Shared fixtures: one test body runs on every kernel path (simulator, GPU)."""
 import contextlib
+import os
 import zlib
 
 import numpy as np
@@ -94,6 +95,23 @@ def pytest_collection_modifyitems(config, items):
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+def import_keras_oracle():
+    """Keras 3 on jax (float64 enabled) for the oracle tests, or skip the calling module where it
+    is not installed (CI installs the `oracle` extra: there its absence is a failure)."""
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    os.environ.setdefault("JAX_ENABLE_X64", "1")
+    # XLA compiles every jax op of the oracles once (cold) and runs it a few times: its lowest
+    # backend optimisation level compiles about 20 % faster (no fast-math at any level).
+    os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    try:
+        import keras
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("Keras 3 (the `oracle` extra) is not installed", allow_module_level=True)
+    return keras
 
 
 def _to_numpy(out):

@@ -4,7 +4,6 @@ Runs where Keras 3 is installed with the jax (preferred: its pooling is TF's) or
 backend: the `oracle` extra, which CI installs. The NumPy reference is also checked against
 direct formulas and numerical gradients, which need no Keras.
 """
-import os
 
 import numpy as np
 import pytest
@@ -12,17 +11,9 @@ import pytest
 import gpulayers as gl
 from gpulayers.testing import assert_close
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
-os.environ.setdefault("JAX_ENABLE_X64", "1")
-# XLA compiles every jax op of these oracles once (cold) and runs it a few times: its lowest
-# backend optimisation level compiles about 20 % faster (no fast-math at any level; tolerances unchanged).
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
-try:
-    import keras
-except ImportError:
-    if os.environ.get("CI"):
-        raise  # CI installs the oracle extra: its absence is a failure there
-    pytest.skip("Keras 3 (the `oracle` extra) is not installed", allow_module_level=True)
+from conftest import import_keras_oracle
+
+keras = import_keras_oracle()
 BACKEND = keras.backend.backend()
 if BACKEND not in ("jax", "torch"):
     pytest.skip(f"Keras oracle needs the jax or torch backend, not {BACKEND}", allow_module_level=True)

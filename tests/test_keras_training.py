@@ -3,7 +3,6 @@
 
 Runs where the `oracle` extra is installed (CI installs it); skipped elsewhere.
 """
-import os
 
 import numpy as np
 import pytest
@@ -11,17 +10,9 @@ import pytest
 import gpulayers as gl
 from gpulayers.testing import assert_close
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
-os.environ.setdefault("JAX_ENABLE_X64", "1")
-# XLA compiles every jax op of these oracles once (cold) and runs it a few times: its lowest
-# backend optimisation level compiles about 20 % faster (no fast-math at any level; tolerances unchanged).
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
-try:
-    import keras
-except ImportError:
-    if os.environ.get("CI"):
-        raise
-    pytest.skip("Keras 3 (the `oracle` extra) is not installed", allow_module_level=True)
+from conftest import import_keras_oracle
+
+keras = import_keras_oracle()
 if keras.backend.backend() != "jax":
     pytest.skip("the training oracle uses jax's vjp", allow_module_level=True)
 import jax  # noqa: E402
